@@ -1,0 +1,103 @@
+"""Tables bg_ops owns, created by the Alembic migrations in ``bg_ops/db/migrations``.
+
+They live in the application's database and default schema but carry no foreign keys to
+the application tables, so ``bg-ops db upgrade`` works on an empty database. The two queue
+tables' names and producer columns are fixed by DATA_MODEL.md ("Queue tables the platform
+writes too"); every column bg_ops adds has a server-side default or is nullable.
+A test checks that these definitions and the migrations agree.
+"""
+
+from __future__ import annotations
+
+import sqlalchemy as sa
+
+from bg_ops.db.types import JSONType, UTCDateTime
+
+own_metadata = sa.MetaData(
+    naming_convention={
+        "ix": "ix_%(table_name)s_%(column_0_N_name)s",
+        "uq": "uq_%(table_name)s_%(column_0_N_name)s",
+        "ck": "ck_%(table_name)s_%(constraint_name)s",
+        "pk": "pk_%(table_name)s",
+    }
+)
+NOW = sa.func.now()
+
+EMAIL_STATUSES = ("pending", "sending", "sent", "failed", "canceled")
+EMAIL_PRIORITIES = ("high", "normal", "low")
+EMAIL_KINDS = ("customer", "internal")
+UPLOAD_STATUSES = ("queued", "uploading", "uploaded", "failed", "canceled")
+
+email_queue = sa.Table(
+    "email_queue",
+    own_metadata,
+    sa.Column("id", sa.BigInteger().with_variant(sa.Integer, "sqlite"), primary_key=True),
+    sa.Column("company_id", sa.Integer, nullable=False),
+    sa.Column("to_addrs", JSONType, nullable=False),
+    sa.Column("cc_addrs", JSONType),
+    sa.Column("bcc_addrs", JSONType),
+    sa.Column("reply_to", sa.Text),
+    sa.Column("subject", sa.Text),
+    sa.Column("body_text", sa.Text),
+    sa.Column("body_html", sa.Text),
+    sa.Column("template", sa.Text),
+    sa.Column("context", JSONType),
+    sa.Column("attachments", JSONType),
+    sa.Column("priority", sa.String(8), nullable=False, server_default="normal"),
+    sa.Column("send_after", UTCDateTime),
+    sa.Column("idempotency_key", sa.String(255)),
+    sa.Column("kind", sa.String(16), server_default="internal"),  # NULL reads as internal
+    # bg_ops's own bookkeeping
+    sa.Column("status", sa.String(16), nullable=False, server_default="pending"),
+    sa.Column("attempts", sa.Integer, nullable=False, server_default="0"),
+    sa.Column("max_attempts", sa.Integer),
+    sa.Column("next_attempt_at", UTCDateTime),
+    sa.Column("locked_until", UTCDateTime),
+    sa.Column("locked_by", sa.String(128)),
+    sa.Column("last_error", sa.Text),
+    sa.Column("message_id", sa.String(255)),
+    sa.Column("created_at", UTCDateTime, nullable=False, server_default=NOW),
+    sa.Column("updated_at", UTCDateTime, nullable=False, server_default=NOW),
+    sa.Column("sent_at", UTCDateTime),
+    sa.Column("failed_at", UTCDateTime),
+    sa.Column("canceled_at", UTCDateTime),
+    sa.CheckConstraint(f"priority IN {EMAIL_PRIORITIES}", name="priority"),
+    sa.CheckConstraint(f"status IN {EMAIL_STATUSES}", name="status"),
+    sa.CheckConstraint(f"kind IN {EMAIL_KINDS}", name="kind"),
+    sa.Index("ix_email_queue_idempotency_key", "idempotency_key", unique=True),
+    sa.Index("ix_email_queue_status_next_attempt_at", "status", "next_attempt_at"),
+    sa.Index("ix_email_queue_status_send_after", "status", "send_after"),
+    sa.Index("ix_email_queue_company_id_status", "company_id", "status"),
+)
+
+upload_queue = sa.Table(
+    "upload_queue",
+    own_metadata,
+    sa.Column("id", sa.BigInteger().with_variant(sa.Integer, "sqlite"), primary_key=True),
+    sa.Column("company_id", sa.Integer, nullable=False),
+    sa.Column("source_path", sa.Text, nullable=False),
+    sa.Column("dest_path", sa.Text, nullable=False),
+    sa.Column("delete_after_upload", sa.Boolean, nullable=False, server_default=sa.false()),
+    # bg_ops's own bookkeeping
+    sa.Column("status", sa.String(16), nullable=False, server_default="queued"),
+    sa.Column("attempts", sa.Integer, nullable=False, server_default="0"),
+    sa.Column("attempts_today", sa.Integer, nullable=False, server_default="0"),
+    sa.Column("attempts_day", sa.String(10)),
+    sa.Column("next_attempt_at", UTCDateTime),
+    sa.Column("locked_until", UTCDateTime),
+    sa.Column("locked_by", sa.String(128)),
+    sa.Column("last_error", sa.Text),
+    sa.Column("size_bytes", sa.BigInteger),
+    sa.Column("content_hash", sa.String(64)),
+    sa.Column("cloud_path", sa.Text),
+    sa.Column("cloud_rev", sa.String(64)),
+    sa.Column("created_at", UTCDateTime, nullable=False, server_default=NOW),
+    sa.Column("updated_at", UTCDateTime, nullable=False, server_default=NOW),
+    sa.Column("uploaded_at", UTCDateTime),
+    sa.CheckConstraint(f"status IN {UPLOAD_STATUSES}", name="status"),
+    sa.Index("ix_upload_queue_status_next_attempt_at", "status", "next_attempt_at"),
+    sa.Index("ix_upload_queue_company_id_status", "company_id", "status"),
+    sa.Index("ix_upload_queue_company_id_source_path", "company_id", "source_path"),
+)
+
+OWN_TABLES = (email_queue, upload_queue)

@@ -1,0 +1,278 @@
+"""The configuration contract: every environment variable bg_ops reads, validated in one place.
+
+``load_settings()`` is called when definitions load and at the start of every ``bg-ops``
+command, never at import time. A bad value raises ``ConfigError`` whose lines each name the
+variable and the fix. Secrets are kept out of ``repr`` and never logged.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from email.utils import parseaddr
+from pathlib import Path
+
+ENV_VARS = (
+    "BG_OPS_DATABASE_URL",
+    "BG_OPS_FILES_ROOT",
+    "BG_OPS_MAIL_BACKEND",
+    "BG_OPS_OUTBOX_DIR",
+    "BG_OPS_SMTP_HOST",
+    "BG_OPS_SMTP_PORT",
+    "BG_OPS_SMTP_SECURITY",
+    "BG_OPS_SMTP_USERNAME",
+    "BG_OPS_SMTP_PASSWORD",
+    "BG_OPS_SMTP_TIMEOUT",
+    "BG_OPS_MAIL_FROM",
+    "BG_OPS_ADMIN_EMAILS",
+    "BG_OPS_STORAGE_BACKEND",
+    "BG_OPS_STORAGE_DIR",
+    "BG_OPS_DROPBOX_ROOT",
+    "DROPBOX_APP_KEY",
+    "DROPBOX_APP_SECRET",
+    "DROPBOX_REFRESH_TOKEN",
+    "DROPBOX_ACCESS_TOKEN",
+)
+SECRET_VARS = frozenset(
+    {"BG_OPS_SMTP_PASSWORD", "DROPBOX_APP_SECRET", "DROPBOX_REFRESH_TOKEN", "DROPBOX_ACCESS_TOKEN"}
+)
+
+MAIL_BACKENDS = ("outbox", "smtp")
+STORAGE_BACKENDS = ("local", "dropbox")
+SMTP_SECURITIES = ("none", "starttls", "ssl")
+DEFAULT_SMTP_PORTS = {"none": 25, "starttls": 587, "ssl": 465}
+DEFAULT_HOME_DIRNAME = ".bg_ops"
+
+_ADDRESS_RE = re.compile(r"^[^@\s<>(),;:\"\[\]]+@[A-Za-z0-9](?:[A-Za-z0-9\-]*[A-Za-z0-9])?(?:\.[A-Za-z0-9](?:[A-Za-z0-9\-]*[A-Za-z0-9])?)*$")
+
+
+class ConfigError(Exception):
+    """One or more configuration problems; each line names the variable and the fix."""
+
+    def __init__(self, problems: list[str] | str):
+        self.problems = [problems] if isinstance(problems, str) else list(problems)
+        super().__init__("\n".join(self.problems))
+
+
+def is_valid_address(address: str) -> bool:
+    return bool(_ADDRESS_RE.match(address or ""))
+
+
+def normalize_database_url(url: str) -> str:
+    """Force the explicit psycopg2 driver for PostgreSQL (ENVIRONMENT.md: bare URLs pick psycopg 3)."""
+    for prefix in ("postgresql://", "postgres://"):
+        if url.startswith(prefix):
+            return "postgresql+psycopg2://" + url[len(prefix) :]
+    return url
+
+
+@dataclass(frozen=True)
+class Settings:
+    database_url: str
+    files_root: Path
+    mail_backend: str
+    outbox_dir: Path
+    smtp_host: str | None
+    smtp_port: int
+    smtp_security: str
+    smtp_username: str | None
+    smtp_timeout: float
+    mail_from: str
+    admin_emails: tuple[str, ...]
+    storage_backend: str
+    storage_dir: Path
+    dropbox_root: str
+    dropbox_app_key: str | None
+    home: Path
+    # Secrets: which are set, never their values (resources read them through dg.EnvVar).
+    secrets_set: frozenset[str] = field(default_factory=frozenset)
+    _secrets: Mapping[str, str] = field(default_factory=dict, repr=False, compare=False)
+
+    def secret(self, name: str) -> str | None:
+        return self._secrets.get(name)
+
+    @property
+    def is_sqlite(self) -> bool:
+        return self.database_url.startswith("sqlite")
+
+
+def load_settings(
+    environ: Mapping[str, str] | None = None, cwd: str | Path | None = None
+) -> Settings:
+    """Read and validate the whole configuration; raise ``ConfigError`` listing every problem."""
+    env = os.environ if environ is None else environ
+    base = Path(cwd) if cwd is not None else Path.cwd()
+    home = base / DEFAULT_HOME_DIRNAME
+    problems: list[str] = []
+
+    def get(name: str) -> str | None:
+        value = env.get(name)
+        if value is None:
+            return None
+        value = value.strip()
+        return value or None
+
+    # -- database -----------------------------------------------------------------------
+    database_url = get("BG_OPS_DATABASE_URL") or f"sqlite:///{home / 'bg_ops.db'}"
+    database_url = normalize_database_url(database_url)
+    try:
+        from sqlalchemy.engine import make_url
+
+        url = make_url(database_url)
+        if url.drivername not in ("sqlite", "sqlite+pysqlite", "postgresql+psycopg2"):
+            problems.append(
+                f"BG_OPS_DATABASE_URL uses the driver {url.drivername!r}: use "
+                "'postgresql+psycopg2://user:password@host:5432/db' or 'sqlite:///path/to/file.db'"
+            )
+        elif url.drivername.startswith("sqlite") and url.database in (None, "", ":memory:"):
+            problems.append(
+                "BG_OPS_DATABASE_URL points at an in-memory SQLite database, which no other "
+                "process can see: use 'sqlite:///path/to/file.db'"
+            )
+        elif url.drivername == "postgresql+psycopg2" and not url.database:
+            problems.append(
+                "BG_OPS_DATABASE_URL names no database: add it, e.g. "
+                "'postgresql+psycopg2://user:password@host:5432/bg_ops'"
+            )
+    except Exception:  # sqlalchemy.exc.ArgumentError and friends
+        problems.append(
+            "BG_OPS_DATABASE_URL is not a database URL: use "
+            "'postgresql+psycopg2://user:password@host:5432/db' or 'sqlite:///path/to/file.db'"
+        )
+
+    # -- files --------------------------------------------------------------------------
+    files_root_raw = get("BG_OPS_FILES_ROOT")
+    files_root = Path(files_root_raw).expanduser() if files_root_raw else home / "files"
+    if files_root_raw and not files_root.is_dir():
+        problems.append(
+            f"BG_OPS_FILES_ROOT={files_root_raw} is not an existing folder: create it or point "
+            "the variable at the folder that holds the platform's files"
+        )
+
+    # -- mail ---------------------------------------------------------------------------
+    mail_backend = (get("BG_OPS_MAIL_BACKEND") or "outbox").lower()
+    if mail_backend not in MAIL_BACKENDS:
+        problems.append(
+            f"BG_OPS_MAIL_BACKEND={get('BG_OPS_MAIL_BACKEND')!r} is not a mail backend: "
+            "use 'outbox' (default, .eml files in BG_OPS_OUTBOX_DIR) or 'smtp'"
+        )
+    outbox_dir = Path(get("BG_OPS_OUTBOX_DIR") or home / "outbox").expanduser()
+
+    smtp_security = (get("BG_OPS_SMTP_SECURITY") or "starttls").lower()
+    if smtp_security not in SMTP_SECURITIES:
+        problems.append(
+            f"BG_OPS_SMTP_SECURITY={get('BG_OPS_SMTP_SECURITY')!r} is not valid: use 'starttls' "
+            "(default), 'ssl' (implicit TLS) or 'none'"
+        )
+        smtp_security = "starttls"
+    smtp_port = DEFAULT_SMTP_PORTS[smtp_security]
+    if get("BG_OPS_SMTP_PORT") is not None:
+        raw = get("BG_OPS_SMTP_PORT")
+        if raw.isdigit() and 1 <= int(raw) <= 65535:
+            smtp_port = int(raw)
+        else:
+            problems.append(
+                f"BG_OPS_SMTP_PORT={raw!r} is not a port number: use 1-65535 "
+                "(587 for STARTTLS, 465 for implicit TLS, 25 for plain)"
+            )
+    smtp_timeout = 30.0
+    if get("BG_OPS_SMTP_TIMEOUT") is not None:
+        raw = get("BG_OPS_SMTP_TIMEOUT")
+        try:
+            smtp_timeout = float(raw)
+            if not 0 < smtp_timeout <= 600:
+                raise ValueError
+        except ValueError:
+            problems.append(
+                f"BG_OPS_SMTP_TIMEOUT={raw!r} is not valid: use seconds between 0 and 600, e.g. 30"
+            )
+    smtp_host = get("BG_OPS_SMTP_HOST")
+    smtp_username = get("BG_OPS_SMTP_USERNAME")
+    if mail_backend == "smtp":
+        if not smtp_host:
+            problems.append(
+                "BG_OPS_SMTP_HOST is not set but BG_OPS_MAIL_BACKEND=smtp: set it to the mail "
+                "server's host name, or use BG_OPS_MAIL_BACKEND=outbox"
+            )
+        if smtp_username and get("BG_OPS_SMTP_PASSWORD") is None:
+            problems.append(
+                "BG_OPS_SMTP_PASSWORD is not set but BG_OPS_SMTP_USERNAME is: set the password, "
+                "or unset the username for a server without login"
+            )
+
+    mail_from = get("BG_OPS_MAIL_FROM") or "bg_ops <no-reply@localhost>"
+    if not is_valid_address(parseaddr(mail_from)[1]):
+        problems.append(
+            f"BG_OPS_MAIL_FROM={mail_from!r} is not an address: use 'Name <sender@example.com>' "
+            "or 'sender@example.com'"
+        )
+    admin_emails: list[str] = []
+    for item in (get("BG_OPS_ADMIN_EMAILS") or "").split(","):
+        item = item.strip()
+        if not item:
+            continue
+        if is_valid_address(item):
+            admin_emails.append(item)
+        else:
+            problems.append(
+                f"BG_OPS_ADMIN_EMAILS has {item!r}, which is not an address: give a "
+                "comma-separated list such as 'ops@example.com,cto@example.com'"
+            )
+
+    # -- cloud storage ------------------------------------------------------------------
+    storage_backend = (get("BG_OPS_STORAGE_BACKEND") or "local").lower()
+    if storage_backend not in STORAGE_BACKENDS:
+        problems.append(
+            f"BG_OPS_STORAGE_BACKEND={get('BG_OPS_STORAGE_BACKEND')!r} is not a storage backend: "
+            "use 'local' (default, a folder in BG_OPS_STORAGE_DIR) or 'dropbox'"
+        )
+    storage_dir = Path(get("BG_OPS_STORAGE_DIR") or home / "cloud").expanduser()
+    dropbox_root = get("BG_OPS_DROPBOX_ROOT") or "/bg_ops"
+    if not dropbox_root.startswith("/") or "//" in dropbox_root or "\\" in dropbox_root:
+        problems.append(
+            f"BG_OPS_DROPBOX_ROOT={dropbox_root!r} is not a Dropbox folder path: use a path "
+            "that starts with '/', such as '/bg_ops'"
+        )
+    dropbox_root = dropbox_root.rstrip("/")
+    app_key = get("DROPBOX_APP_KEY")
+    if storage_backend == "dropbox":
+        refresh = get("DROPBOX_REFRESH_TOKEN")
+        access = get("DROPBOX_ACCESS_TOKEN")
+        if not refresh and not access:
+            problems.append(
+                "DROPBOX_REFRESH_TOKEN is not set but BG_OPS_STORAGE_BACKEND=dropbox: set "
+                "DROPBOX_REFRESH_TOKEN with DROPBOX_APP_KEY (and DROPBOX_APP_SECRET), or "
+                "DROPBOX_ACCESS_TOKEN for a short-lived token"
+            )
+        elif refresh and not app_key:
+            problems.append(
+                "DROPBOX_APP_KEY is not set but DROPBOX_REFRESH_TOKEN is: a refresh token needs "
+                "the app key of the Dropbox app it was issued for"
+            )
+
+    if problems:
+        raise ConfigError(problems)
+
+    secrets = {name: get(name) for name in SECRET_VARS if get(name) is not None}
+    return Settings(
+        database_url=database_url,
+        files_root=files_root,
+        mail_backend=mail_backend,
+        outbox_dir=outbox_dir,
+        smtp_host=smtp_host,
+        smtp_port=smtp_port,
+        smtp_security=smtp_security,
+        smtp_username=smtp_username,
+        smtp_timeout=smtp_timeout,
+        mail_from=mail_from,
+        admin_emails=tuple(admin_emails),
+        storage_backend=storage_backend,
+        storage_dir=storage_dir,
+        dropbox_root=dropbox_root,
+        dropbox_app_key=app_key,
+        home=home,
+        secrets_set=frozenset(secrets),
+        _secrets=secrets,
+    )

@@ -1,0 +1,104 @@
+"""The code location loads, validates, and has the jobs, schedules and sensors operators rely on."""
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import dagster as dg
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+
+# What operators rely on. A change here is a change of contract: update it on purpose.
+EXPECTED_JOBS = {"tenant_summary_job"}
+EXPECTED_SCHEDULES: dict[str, str] = {}
+EXPECTED_SENSORS = {"tenant_partitions_sensor"}
+EXPECTED_ASSETS = {"tenant_summary"}
+EXPECTED_RESOURCES = {"database", "mail", "storage"}
+
+
+@pytest.fixture
+def loaded(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    from bg_ops.definitions import defs
+
+    return defs()
+
+
+def test_code_location_loads_and_validates(loaded):
+    dg.Definitions.validate_loadable(loaded)
+    repo = loaded.get_repository_def()
+    jobs = {j.name for j in repo.get_all_jobs() if not j.name.startswith("__")}
+    assert jobs == EXPECTED_JOBS
+    assert {s.name: s.cron_schedule for s in repo.schedule_defs} == EXPECTED_SCHEDULES
+    assert {s.name for s in repo.sensor_defs} == EXPECTED_SENSORS
+    assert {k.to_user_string() for k in repo.asset_graph.get_all_asset_keys()} == EXPECTED_ASSETS
+    assert EXPECTED_RESOURCES <= set(loaded.resources)
+
+
+def test_every_job_sensor_and_asset_explains_itself(loaded):
+    repo = loaded.get_repository_def()
+    for job in repo.get_all_jobs():
+        if not job.name.startswith("__"):
+            assert job.description, job.name
+    for sensor in repo.sensor_defs:
+        assert sensor.description and len(sensor.description) > 40, sensor.name
+        assert sensor.default_status == dg.DefaultSensorStatus.RUNNING, sensor.name
+    for schedule in repo.schedule_defs:
+        assert schedule.description, schedule.name
+    for key in repo.asset_graph.get_all_asset_keys():
+        node = repo.asset_graph.get(key)
+        assert node.description and node.group_name != "default" and node.owners, key
+
+
+def test_embedded_default_backends_are_chosen_without_configuration(loaded, tmp_path):
+    from bg_ops.resources.mail import OutboxMailResource
+    from bg_ops.resources.storage import LocalStorageResource
+
+    assert isinstance(loaded.resources["mail"], OutboxMailResource)
+    assert isinstance(loaded.resources["storage"], LocalStorageResource)
+    assert loaded.resources["database"].url.startswith("sqlite:///") and str(tmp_path) in loaded.resources["database"].url
+
+
+def test_production_backends_are_chosen_by_configuration(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("BG_OPS_MAIL_BACKEND", "smtp")
+    monkeypatch.setenv("BG_OPS_SMTP_HOST", "mail.example.com")
+    monkeypatch.setenv("BG_OPS_SMTP_USERNAME", "bg")
+    monkeypatch.setenv("BG_OPS_SMTP_PASSWORD", "s3cret-pw")
+    monkeypatch.setenv("BG_OPS_STORAGE_BACKEND", "dropbox")
+    monkeypatch.setenv("DROPBOX_APP_KEY", "appkey")
+    monkeypatch.setenv("DROPBOX_REFRESH_TOKEN", "r3fresh")
+    from bg_ops.definitions import defs
+    from bg_ops.resources.mail import SmtpMailResource
+
+    loaded = defs()
+    mail = loaded.resources["mail"]
+    assert isinstance(mail, SmtpMailResource) and mail.host == "mail.example.com"
+    assert type(loaded.resources["storage"]).__name__ == "DropboxStorageResource"
+    # Secrets are bound as environment-variable references, not copied into the definitions.
+    assert isinstance(mail.password, dg.EnvVar) and mail.password.env_var_name == "BG_OPS_SMTP_PASSWORD"
+
+
+def _validate(env_overrides: dict, cwd: Path) -> subprocess.CompletedProcess:
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("BG_OPS_", "DROPBOX_", "DAGSTER_HOME"))}
+    env.update(env_overrides)
+    dagster = Path(sys.executable).with_name("dagster")
+    return subprocess.run(
+        [str(dagster), "definitions", "validate", "-w", str(REPO / "workspace.yaml")],
+        cwd=cwd, env=env, capture_output=True, text=True, timeout=120,
+    )
+
+
+@pytest.mark.slow
+def test_dagster_cli_validates_the_workspace_with_no_secrets_set(tmp_path):
+    proc = _validate({}, tmp_path)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+
+
+@pytest.mark.slow
+def test_bad_configuration_stops_the_code_location_naming_the_variable(tmp_path):
+    proc = _validate({"BG_OPS_MAIL_BACKEND": "carrier-pigeon"}, tmp_path)
+    assert proc.returncode != 0
+    assert "BG_OPS_MAIL_BACKEND='carrier-pigeon' is not a mail backend" in proc.stdout + proc.stderr
