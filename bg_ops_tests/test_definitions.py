@@ -102,3 +102,17 @@ def test_bad_configuration_stops_the_code_location_naming_the_variable(tmp_path)
     proc = _validate({"BG_OPS_MAIL_BACKEND": "carrier-pigeon"}, tmp_path)
     assert proc.returncode != 0
     assert "BG_OPS_MAIL_BACKEND='carrier-pigeon' is not a mail backend" in proc.stdout + proc.stderr
+
+
+def test_cli_gets_the_same_resources_with_secrets_resolved(tmp_path, monkeypatch):
+    from bg_ops.resources.factory import build_resources, plain_resources
+    from bg_ops.settings import load_settings
+
+    env = {"BG_OPS_MAIL_BACKEND": "smtp", "BG_OPS_SMTP_HOST": "mail.example.com",
+           "BG_OPS_SMTP_USERNAME": "bg", "BG_OPS_SMTP_PASSWORD": "pw-123"}
+    settings = load_settings(env, cwd=tmp_path)
+    for_dagster = build_resources(settings)["mail"]
+    for_cli = plain_resources(settings)["mail"]
+    assert isinstance(for_dagster.password, dg.EnvVar)
+    assert for_cli.password == "pw-123" and not isinstance(for_cli.password, dg.EnvVar)
+    assert (for_cli.host, for_cli.username) == ("mail.example.com", "bg")

@@ -182,11 +182,11 @@ class LocalStorageResource(CloudStorageResource):
                 continue
             if not current.is_dir():
                 return None
-            folded = part.casefold()
+            folded = part.lower()  # Dropbox lowercases; casefold() would merge "ß" and "ss"
             match = None
             with os.scandir(current) as it:
                 for entry in it:
-                    if entry.name.casefold() == folded:
+                    if entry.name.lower() == folded:
                         match = Path(entry.path)
                         break
             if match is None:
@@ -232,24 +232,24 @@ class LocalStorageResource(CloudStorageResource):
 
     # -- operations -----------------------------------------------------------------------
     def upload(self, local_path, cloud_path, *, mode="add", autorename=False) -> CloudEntry:
+        norm = normalize_cloud_path(cloud_path)
+        if not norm:
+            raise StorageBadPath("cannot write a file at the storage root")
         source = Path(local_path)
         if not source.is_file():
             raise StorageNotFound(f"local file {source} does not exist")
-        norm = normalize_cloud_path(cloud_path)
         existing = self._resolve(norm)
-        if existing is not None and mode == "add":
-            if existing.is_dir():
-                raise StorageConflict(f"{norm} is a folder")
+        if existing is not None and not existing.is_dir():
             if self._entry(existing).content_hash == content_hash_file(source):
-                return self._entry(existing)
+                return self._entry(existing)  # same content: nothing to do, same revision
+        if existing is not None and (mode == "add" or existing.is_dir()):
             if not autorename:
-                raise StorageConflict(f"{norm} already exists with different content")
+                what = "a folder" if existing.is_dir() else "a file with different content"
+                raise StorageConflict(f"{norm} already exists as {what}")
             for candidate in autorename_candidates(norm):
                 if self._resolve(candidate) is None:
                     norm, existing = candidate, None
                     break
-        if existing is not None and existing.is_dir():
-            raise StorageConflict(f"{norm} is a folder")
         target = existing if existing is not None else self._target(norm)
         # Write to a temporary file beside the target, then rename: a reader never sees half.
         fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=".upload-", suffix=".part")
@@ -268,7 +268,14 @@ class LocalStorageResource(CloudStorageResource):
             raise StorageNotFound(f"no file at {normalize_cloud_path(cloud_path) or '/'}")
         dest = Path(local_path)
         dest.parent.mkdir(parents=True, exist_ok=True)
-        shutil.copyfile(found, dest)
+        fd, tmp = tempfile.mkstemp(dir=dest.parent, prefix=".download-", suffix=".part")
+        try:
+            with os.fdopen(fd, "wb") as out, open(found, "rb") as src:
+                shutil.copyfileobj(src, out, 1024 * 1024)
+            os.replace(tmp, dest)
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise
         return self._entry(found)
 
     def get_metadata(self, cloud_path) -> CloudEntry | None:
@@ -307,9 +314,11 @@ class LocalStorageResource(CloudStorageResource):
         return self._entry(current)
 
     def delete(self, cloud_path) -> None:
+        if not normalize_cloud_path(cloud_path):
+            raise StorageBadPath("refusing to delete the storage root")
         found = self._resolve(cloud_path)
-        if found is None or found == self._root:
-            raise StorageNotFound(f"nothing at {normalize_cloud_path(cloud_path) or '/'}")
+        if found is None:
+            raise StorageNotFound(f"nothing at {normalize_cloud_path(cloud_path)}")
         if found.is_dir():
             shutil.rmtree(found)
         else:
