@@ -90,3 +90,39 @@ def test_cli_does_not_import_dagster():
     probe = "import sys, bg_ops.cli.main; print(sorted(m for m in ('dagster', 'dropbox', 'pandas') if m in sys.modules))"
     out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "[]"
+
+
+def test_demo_seed_twice_with_the_same_seed_gives_the_same_data(db_url, tmp_path, monkeypatch, capsys):
+    import hashlib
+
+    import sqlalchemy as sa
+
+    from bg_ops.db.app_schema import AppBase
+    from bg_ops.db.engine import get_engine
+
+    files = tmp_path / "files"
+    files.mkdir()
+    monkeypatch.setenv("BG_OPS_DATABASE_URL", db_url)
+    monkeypatch.setenv("BG_OPS_FILES_ROOT", str(files))
+
+    def snapshot():
+        engine = get_engine(db_url)
+        with engine.connect() as conn:
+            rows = {t.name: [tuple(r) for r in conn.execute(sa.select(t).order_by(t.c.id))]
+                    for t in AppBase.metadata.sorted_tables}
+        digests = {p.relative_to(files).as_posix(): hashlib.sha256(p.read_bytes()).hexdigest()
+                   for p in sorted(files.rglob("*")) if p.is_file()}
+        return rows, digests
+
+    args = ("demo", "seed", "--tenants", "3", "--seed", "7", "--today", "2026-11-23", "--json")
+    code, out, err = run(capsys, *args)
+    report = json.loads(out)
+    assert code == 0 and report["tenants"] == ["acme", "nordlicht", "sakura"], err
+    assert report["rows"]["companies"] == 3 and report["files"] > 0
+    first = snapshot()
+    assert len(first[0]["users"]) > 30 and len(first[1]) == report["files"]
+    code, out, _ = run(capsys, *args)
+    assert code == 0 and snapshot() == first
+    # The bg_ops tables exist too: seeding migrates first.
+    code, out, _ = run(capsys, "db", "current", "--json")
+    assert json.loads(out)["up_to_date"] is True

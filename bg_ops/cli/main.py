@@ -275,17 +275,17 @@ def demo_seed(ctx: click.Context, tenants: int, scale: int, seed_value: int, tod
     finally:
         bar.close()
     data = {
-        "tenants": list(report.tenant_slugs),
+        "tenants": list(report.tenants),
         "rows": dict(report.rows),
         "files": report.files_written,
-        "bytes": report.bytes_written,
+        "bytes": report.file_bytes,
         "files_root": str(s.files_root),
         "today": today.isoformat(),
         "seed": seed_value,
     }
     human = (
-        f"seeded {len(report.tenant_slugs)} tenant(s) ({', '.join(report.tenant_slugs)}) for {today}: "
-        f"{sum(report.rows.values())} rows, {report.files_written} files under {s.files_root}"
+        f"seeded {len(report.tenants)} tenant(s) ({', '.join(report.tenants)}) for {today}: "
+        f"{report.total_rows} rows, {report.files_written} files under {s.files_root}"
     )
     emit(data, as_json, human)
 
