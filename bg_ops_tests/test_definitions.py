@@ -11,11 +11,14 @@ import pytest
 REPO = Path(__file__).resolve().parents[1]
 
 # What operators rely on. A change here is a change of contract: update it on purpose.
-EXPECTED_JOBS = {"tenant_summary_job"}
-EXPECTED_SCHEDULES: dict[str, str] = {}
-EXPECTED_SENSORS = {"tenant_partitions_sensor"}
-EXPECTED_ASSETS = {"tenant_summary"}
-EXPECTED_RESOURCES = {"database", "mail", "storage"}
+EXPECTED_JOBS = {"tenant_summary_job", "send_due_emails_job", "email_queue_health_job"}
+EXPECTED_SCHEDULES: dict[str, str] = {
+    "email_delivery_schedule": "* * * * *",
+    "email_queue_health_schedule": "*/5 * * * *",
+}
+EXPECTED_SENSORS = {"tenant_partitions_sensor", "email_delivery_sensor"}
+EXPECTED_ASSETS = {"tenant_summary", "email_queue_health"}
+EXPECTED_RESOURCES = {"database", "files", "mail", "storage"}
 
 
 @pytest.fixture
@@ -47,6 +50,7 @@ def test_every_job_sensor_and_asset_explains_itself(loaded):
         assert sensor.default_status == dg.DefaultSensorStatus.RUNNING, sensor.name
     for schedule in repo.schedule_defs:
         assert schedule.description, schedule.name
+        assert schedule.default_status == dg.DefaultScheduleStatus.RUNNING, schedule.name
     for key in repo.asset_graph.get_all_asset_keys():
         node = repo.asset_graph.get(key)
         assert node.description and node.group_name != "default" and node.owners, key

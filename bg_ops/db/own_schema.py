@@ -61,6 +61,11 @@ email_queue = sa.Table(
     sa.Column("sent_at", UTCDateTime),
     sa.Column("failed_at", UTCDateTime),
     sa.Column("canceled_at", UTCDateTime),
+    # 0002: the message built once at enqueue (RFC 5322 bytes without Date, which is added
+    # when it is sent); NULL for rows the platform inserted, which are built at delivery.
+    sa.Column("raw_message", sa.LargeBinary),
+    sa.Column("last_attempt_at", UTCDateTime),
+    sa.Column("alerted_at", UTCDateTime),
     sa.CheckConstraint(f"priority IN {EMAIL_PRIORITIES}", name="priority"),
     sa.CheckConstraint(f"status IN {EMAIL_STATUSES}", name="status"),
     sa.CheckConstraint(f"kind IN {EMAIL_KINDS}", name="kind"),
@@ -68,6 +73,7 @@ email_queue = sa.Table(
     sa.Index("ix_email_queue_status_next_attempt_at", "status", "next_attempt_at"),
     sa.Index("ix_email_queue_status_send_after", "status", "send_after"),
     sa.Index("ix_email_queue_company_id_status", "company_id", "status"),
+    sa.Index("ix_email_queue_status_failed_at", "status", "failed_at"),
 )
 
 upload_queue = sa.Table(

@@ -5,6 +5,7 @@ from __future__ import annotations
 import dagster as dg
 
 from bg_ops.resources.database import DatabaseResource
+from bg_ops.resources.files import FilesResource
 from bg_ops.resources.mail import MailResource, OutboxMailResource, SmtpMailResource
 from bg_ops.resources.storage import CloudStorageResource, LocalStorageResource
 from bg_ops.settings import Settings
@@ -25,8 +26,11 @@ def mail_resource(settings: Settings) -> MailResource:
             password=_secret(settings, "BG_OPS_SMTP_PASSWORD"),
             timeout_seconds=settings.smtp_timeout,
             mail_from=settings.mail_from,
+            admin_emails=list(settings.admin_emails),
         )
-    return OutboxMailResource(outbox_dir=str(settings.outbox_dir), mail_from=settings.mail_from)
+    return OutboxMailResource(
+        outbox_dir=str(settings.outbox_dir), mail_from=settings.mail_from, admin_emails=list(settings.admin_emails)
+    )
 
 
 def storage_resource(settings: Settings) -> CloudStorageResource:
@@ -46,6 +50,7 @@ def storage_resource(settings: Settings) -> CloudStorageResource:
 def build_resources(settings: Settings) -> dict[str, dg.ConfigurableResource]:
     return {
         "database": DatabaseResource(url=settings.database_url),
+        "files": FilesResource(root=str(settings.files_root)),
         "mail": mail_resource(settings),
         "storage": storage_resource(settings),
     }

@@ -17,6 +17,7 @@ import smtplib
 import socket
 import ssl
 import tempfile
+import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime
@@ -62,6 +63,10 @@ class MailConnection:
     def send(self, message: EmailMessage) -> None:
         raise NotImplementedError
 
+    def send_raw(self, envelope_from: str, recipients: list[str], data: bytes) -> None:
+        """Send an already built RFC 5322 message (CRLF line ends, Bcc not in the headers)."""
+        raise NotImplementedError
+
     def close(self) -> None:
         pass
 
@@ -70,6 +75,7 @@ class MailResource(dg.ConfigurableResource):
     """Sends mail. Subclasses choose the backend; ``mail_from`` is the default sender."""
 
     mail_from: str = "bg_ops <no-reply@localhost>"
+    admin_emails: list[str] = []  # operators told about failures (BG_OPS_ADMIN_EMAILS)
 
     def describe(self) -> str:
         raise NotImplementedError
@@ -168,13 +174,21 @@ class _SmtpConnection(MailConnection):
         recipients = recipients_of(message)
         if not recipients:
             raise MailPermanentError("message has no recipients")
-        sender = message.get("Sender") or message.get("From") or self._resource.mail_from
+        sender = _addr(message.get("Sender") or message.get("From") or self._resource.mail_from)
+        self._transmit(lambda smtp: smtp.send_message(message, from_addr=sender, to_addrs=recipients), recipients)
+
+    def send_raw(self, envelope_from: str, recipients: list[str], data: bytes) -> None:
+        if not recipients:
+            raise MailPermanentError("message has no recipients")
+        self._transmit(lambda smtp: smtp.sendmail(envelope_from, recipients, data), recipients)
+
+    def _transmit(self, do, recipients: list[str]) -> None:
         # One reconnect when the server dropped the idle connection between two messages.
         for attempt in (1, 2):
             if self._smtp is None:
                 self._smtp = self._connect()
             try:
-                refused = self._smtp.send_message(message, from_addr=_addr(sender), to_addrs=recipients)
+                refused = do(self._smtp)
             except smtplib.SMTPServerDisconnected as exc:
                 self._drop()
                 if attempt == 1:
@@ -286,6 +300,16 @@ class _OutboxConnection(MailConnection):
         self._folder = folder
         self._folder.mkdir(parents=True, exist_ok=True)
 
+    def send_raw(self, envelope_from: str, recipients: list[str], data: bytes) -> None:
+        if not recipients:
+            raise MailPermanentError("message has no recipients")
+        # Bcc is not in a raw message's headers: record the envelope so the file shows everyone.
+        envelope = (
+            f"X-Bg-Ops-Envelope-From: {envelope_from}\r\n"
+            f"X-Bg-Ops-Envelope-To: {', '.join(recipients)}\r\n"
+        ).encode()
+        write_eml(self._folder, None, envelope + data)
+
     def send(self, message: EmailMessage) -> None:
         if not recipients_of(message):
             raise MailPermanentError("message has no recipients")
@@ -297,14 +321,14 @@ class _OutboxConnection(MailConnection):
         pass
 
 
-def write_eml(folder: Path, message: EmailMessage, data: bytes | None = None) -> Path:
+def write_eml(folder: Path, message: EmailMessage | None, data: bytes | None = None) -> Path:
     """Write one message atomically (temporary file, then rename) and return its path."""
     if data is None:
         data = message.as_bytes()
-    msg_id = str(message.get("Message-ID") or "")
     stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%S%fZ")
-    digest = hashlib.sha1((msg_id or repr(len(data))).encode() + data[:256]).hexdigest()[:12]
-    final = folder / f"{stamp}-{digest}.eml"
+    # Content digest for readers, random suffix so identical messages never overwrite each other.
+    name = f"{stamp}-{hashlib.sha1(data).hexdigest()[:10]}-{uuid.uuid4().hex[:6]}.eml"
+    final = folder / name
     fd, tmp = tempfile.mkstemp(dir=folder, prefix=".tmp-", suffix=".eml")
     try:
         with os.fdopen(fd, "wb") as fh:

@@ -1,0 +1,326 @@
+"""Deliver due email: claim, send, record. Plain Python over an engine and a clock.
+
+- **Claim** a batch of due messages in priority order (high, normal, low; customer-facing
+  before internal at equal priority; earliest due first) in one statement that marks them
+  ``sending`` with a lease (``locked_until``). On PostgreSQL the candidates are selected
+  ``FOR UPDATE SKIP LOCKED``, so concurrent workers never claim the same row; on SQLite the
+  single ``UPDATE … RETURNING`` runs under the database's one write lock, so workers take turns.
+- **Send** the batch over one SMTP connection (reused across batches, reconnecting when the
+  server drops it). Messages queued through ``enqueue`` are already built; rows the platform
+  inserted with plain SQL are built here, and a render or address error fails that message
+  for good, never the batch.
+- **Record** the batch's outcomes in one transaction: sent; transient errors back to
+  ``pending`` with exponential backoff and jitter until ``max_attempts``; permanent errors
+  ``failed``. A worker that dies mid-batch leaves its rows ``sending``: when the lease ends
+  they are claimed again, so at most one batch can be sent twice, never lost.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+import socket
+import os
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+
+import sqlalchemy as sa
+
+from bg_ops.db.own_schema import email_queue as q
+from bg_ops.db.types import utc_normalized
+from bg_ops.defs.email.enqueue import (
+    SYSTEM_COMPANY_ID,
+    EnqueueError,
+    MailSettings,
+    company_names,
+    load_attachments,
+)
+from bg_ops.defs.email.message import (
+    AddressError,
+    build_message,
+    envelope_from,
+    message_id_for,
+    parse_addresses,
+    with_date,
+)
+from bg_ops.defs.email.rendering import TemplateError, render
+from bg_ops.resources.mail import MailConnection, MailError, MailResource
+from bg_ops.util.files import MissingFile, UnsafePath
+from bg_ops.util.masking import mask_emails_in_text
+
+log = logging.getLogger("bg_ops.email")
+
+Clock = Callable[[], datetime]
+
+PRIORITY_RANK = sa.case((q.c.priority == "high", 0), (q.c.priority == "low", 2), else_=1)
+KIND_RANK = sa.case((q.c.kind == "customer", 0), else_=1)
+DUE_AT = sa.func.coalesce(q.c.next_attempt_at, q.c.send_after, q.c.created_at)
+CLAIM_COLUMNS = (
+    q.c.id, q.c.company_id, q.c.to_addrs, q.c.cc_addrs, q.c.bcc_addrs, q.c.reply_to, q.c.subject,
+    q.c.body_text, q.c.body_html, q.c.template, q.c.context, q.c.attachments, q.c.priority,
+    q.c.kind, q.c.idempotency_key, q.c.message_id, q.c.raw_message, q.c.attempts, q.c.send_after,
+    q.c.next_attempt_at, q.c.created_at,
+)
+_PRIORITY = {"high": 0, "normal": 1, "low": 2}
+
+
+@dataclass(frozen=True)
+class DeliveryPolicy:
+    batch_size: int = 20
+    lease_seconds: int = 300
+    max_attempts: int = 5
+    backoff_base_seconds: float = 60.0
+    backoff_max_seconds: float = 3600.0
+    time_budget_seconds: float = 50.0
+
+
+@dataclass
+class DeliveryReport:
+    batches: int = 0
+    claimed: int = 0
+    sent: int = 0
+    retried: int = 0
+    failed: int = 0
+    failed_ids: list[int] = field(default_factory=list)
+    stopped_because: str = ""
+
+    def as_metadata(self) -> dict:
+        return {
+            "batches": self.batches, "claimed": self.claimed, "sent": self.sent,
+            "retried": self.retried, "failed": self.failed, "stopped_because": self.stopped_because,
+        }
+
+
+def default_worker_id() -> str:
+    return f"{socket.gethostname()}:{os.getpid()}"
+
+
+def due_condition(now: datetime):
+    """Pending and due, or stuck in ``sending`` after its lease ended (a dead worker's)."""
+    return sa.or_(
+        sa.and_(
+            q.c.status == "pending",
+            sa.or_(q.c.send_after.is_(None), q.c.send_after <= now),
+            sa.or_(q.c.next_attempt_at.is_(None), q.c.next_attempt_at <= now),
+        ),
+        sa.and_(q.c.status == "sending", q.c.locked_until < now),
+    )
+
+
+def count_due(conn: sa.Connection, now: datetime) -> int:
+    return int(conn.execute(sa.select(sa.func.count()).select_from(q).where(due_condition(now))).scalar_one())
+
+
+def claim_batch(engine: sa.Engine, *, now: datetime, worker_id: str, policy: DeliveryPolicy) -> list:
+    """Mark up to ``batch_size`` due messages ``sending`` for this worker; return them in send order."""
+    candidates = (
+        sa.select(q.c.id)
+        .where(due_condition(now))
+        .order_by(PRIORITY_RANK, KIND_RANK, utc_normalized(DUE_AT), q.c.id)
+        .limit(policy.batch_size)
+        .with_for_update(skip_locked=True)
+    )
+    claim = (
+        sa.update(q)
+        .where(q.c.id.in_(candidates.scalar_subquery()))
+        .values(
+            status="sending",
+            attempts=q.c.attempts + 1,
+            locked_until=now + timedelta(seconds=policy.lease_seconds),
+            locked_by=worker_id,
+            last_attempt_at=now,
+            updated_at=now,
+        )
+        .returning(*CLAIM_COLUMNS)
+    )
+    with engine.begin() as conn:
+        rows = conn.execute(claim).all()
+    return sorted(
+        rows,
+        key=lambda r: (
+            _PRIORITY.get(r.priority, 1),
+            0 if r.kind == "customer" else 1,
+            r.next_attempt_at or r.send_after or r.created_at,
+            r.id,
+        ),
+    )
+
+
+def backoff_seconds(attempts: int, policy: DeliveryPolicy, rng: random.Random) -> float:
+    """Exponential backoff with jitter: half the step fixed, half random."""
+    step = min(policy.backoff_max_seconds, policy.backoff_base_seconds * 2 ** max(0, attempts - 1))
+    return step / 2 + rng.random() * step / 2
+
+
+class PermanentBuildError(Exception):
+    pass
+
+
+def _build_row(row, *, settings: MailSettings, companies: dict) -> bytes:
+    """Build a message the platform queued with plain SQL (rendering its template now)."""
+    try:
+        to = parse_addresses(row.to_addrs or [], "to_addrs")
+        cc = parse_addresses(row.cc_addrs or [], "cc_addrs")
+        reply_to = parse_addresses([row.reply_to], "reply_to")[0] if row.reply_to else None
+        subject, text, html = row.subject, row.body_text, row.body_html
+        if row.template:
+            if row.company_id not in companies:
+                raise PermanentBuildError(
+                    f"unknown tenant company_id {row.company_id}: no company has that id"
+                )
+            name, slug = companies[row.company_id]
+            rendered = render(row.template, row.context or {}, company_name=name, company_slug=slug)
+            subject = subject or rendered.subject
+            text = text if text is not None else rendered.text
+            html = html if html is not None else rendered.html
+        if text is None and html is None:
+            raise PermanentBuildError("no body and no template: give body_text, body_html or template")
+        if not subject:
+            raise PermanentBuildError("no subject: set subject or use a template that has one")
+        attachments = load_attachments(settings.files_root, row.attachments or [])
+    except (AddressError, TemplateError, UnsafePath, MissingFile, EnqueueError) as exc:
+        raise PermanentBuildError(str(exc)) from None
+    message_id = row.message_id or message_id_for(row.idempotency_key or f"bg_ops-email-{row.id}", settings.mail_from)
+    return build_message(
+        mail_from=settings.mail_from, to=to, cc=cc, reply_to=reply_to, subject=subject,
+        text=text, html=html, message_id=message_id, attachments=attachments,
+    )
+
+
+def _recipients(row) -> list[str]:
+    pairs = parse_addresses((row.to_addrs or []) + (row.cc_addrs or []) + (row.bcc_addrs or []), "recipients")
+    return [addr for _, addr in pairs]
+
+
+@dataclass
+class _Outcome:
+    id: int
+    status: str  # sent | retry | failed
+    error: str | None = None
+    raw: bytes | None = None  # built during this attempt, kept for the next one
+    attempts: int = 0
+
+
+def send_batch(rows, conn: MailConnection, *, now: datetime, settings: MailSettings, companies: dict) -> list[_Outcome]:
+    sender = envelope_from(settings.mail_from)
+    outcomes = []
+    for row in rows:
+        built = None
+        try:
+            raw = row.raw_message
+            if raw is None:
+                built = raw = _build_row(row, settings=settings, companies=companies)
+            recipients = _recipients(row)
+            if not recipients:
+                raise PermanentBuildError("no recipients in to_addrs, cc_addrs or bcc_addrs")
+            conn.send_raw(sender, recipients, with_date(bytes(raw), now))
+        except (PermanentBuildError, AddressError) as exc:
+            outcomes.append(_Outcome(row.id, "failed", mask_emails_in_text(str(exc)), attempts=row.attempts))
+        except MailError as exc:
+            status = "retry" if exc.transient else "failed"
+            outcomes.append(_Outcome(row.id, status, str(exc), raw=built, attempts=row.attempts))
+        else:
+            outcomes.append(_Outcome(row.id, "sent", attempts=row.attempts))
+    return outcomes
+
+
+def record_outcomes(engine: sa.Engine, outcomes: list[_Outcome], *, now: datetime, policy: DeliveryPolicy,
+                    rng: random.Random) -> DeliveryReport:
+    report = DeliveryReport()
+    sent = [o.id for o in outcomes if o.status == "sent"]
+    retries, failures = [], []
+    for o in outcomes:
+        if o.status == "retry" and o.attempts < policy.max_attempts:
+            retries.append({
+                "o_id": o.id, "o_error": o.error, "o_raw": o.raw,
+                "o_next": now + timedelta(seconds=backoff_seconds(o.attempts, policy, rng)),
+            })
+        elif o.status in ("retry", "failed"):
+            error = o.error if o.status == "failed" else f"gave up after {o.attempts} attempts: {o.error}"
+            failures.append({"o_id": o.id, "o_error": error})
+    with engine.begin() as conn:
+        if sent:
+            conn.execute(
+                sa.update(q).where(q.c.id.in_(sent), q.c.status == "sending").values(
+                    status="sent", sent_at=now, locked_until=None, locked_by=None, last_error=None,
+                    next_attempt_at=None, updated_at=now,
+                )
+            )
+        if retries:
+            conn.execute(
+                sa.update(q).where(q.c.id == sa.bindparam("o_id"), q.c.status == "sending").values(
+                    status="pending", next_attempt_at=sa.bindparam("o_next"), last_error=sa.bindparam("o_error"),
+                    raw_message=sa.func.coalesce(q.c.raw_message, sa.bindparam("o_raw", type_=sa.LargeBinary)),
+                    locked_until=None, locked_by=None, updated_at=now,
+                ),
+                retries,
+            )
+        if failures:
+            conn.execute(
+                sa.update(q).where(q.c.id == sa.bindparam("o_id"), q.c.status == "sending").values(
+                    status="failed", failed_at=now, last_error=sa.bindparam("o_error"),
+                    locked_until=None, locked_by=None, updated_at=now,
+                ),
+                failures,
+            )
+    report.sent, report.retried, report.failed = len(sent), len(retries), len(failures)
+    report.failed_ids = [f["o_id"] for f in failures]
+    return report
+
+
+def deliver_due(
+    engine: sa.Engine,
+    mail: MailResource,
+    *,
+    clock: Clock,
+    settings: MailSettings,
+    policy: DeliveryPolicy = DeliveryPolicy(),
+    worker_id: str | None = None,
+    rng: random.Random | None = None,
+    max_batches: int | None = None,
+    on_batch: Callable[[DeliveryReport], None] | None = None,
+) -> DeliveryReport:
+    """Send what is due until the queue is empty, the time budget is spent or ``max_batches``."""
+    worker_id = worker_id or default_worker_id()
+    rng = rng or random.Random()
+    total = DeliveryReport()
+    start = clock()
+    with mail.connect() as conn:
+        while True:
+            now = clock()
+            if (now - start).total_seconds() >= policy.time_budget_seconds:
+                total.stopped_because = "time budget spent"
+                break
+            if max_batches is not None and total.batches >= max_batches:
+                total.stopped_because = "batch limit reached"
+                break
+            rows = claim_batch(engine, now=now, worker_id=worker_id, policy=policy)
+            if not rows:
+                total.stopped_because = "nothing due"
+                break
+            needs_names = {r.company_id for r in rows if r.raw_message is None and r.template}
+            companies = {}
+            if needs_names:
+                from sqlalchemy.orm import Session
+
+                with Session(engine) as session:
+                    companies = company_names(session, needs_names)
+            outcomes = send_batch(rows, conn, now=now, settings=settings, companies=companies)
+            batch = record_outcomes(engine, outcomes, now=clock(), policy=policy, rng=rng)
+            total.batches += 1
+            total.claimed += len(rows)
+            total.sent += batch.sent
+            total.retried += batch.retried
+            total.failed += batch.failed
+            total.failed_ids += batch.failed_ids
+            log.info("email batch %d: sent %d, retry %d, failed %d", total.batches, batch.sent, batch.retried, batch.failed)
+            if on_batch:
+                on_batch(batch)
+    return total
+
+
+__all__ = [
+    "SYSTEM_COMPANY_ID", "DeliveryPolicy", "DeliveryReport", "backoff_seconds", "claim_batch",
+    "count_due", "deliver_due", "due_condition", "record_outcomes", "send_batch",
+]

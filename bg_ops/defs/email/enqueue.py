@@ -1,0 +1,247 @@
+"""Enqueue email: one short transaction, everything validated and built before it commits.
+
+Any part of bg_ops (or the platform, through this function) calls ``enqueue`` or
+``enqueue_many``. Addresses, the template and its variables and the attachments are checked
+first: an error raises ``EnqueueError`` naming the thing and the fix, and nothing is queued.
+The message is rendered and built here, once, and stored as bytes, so delivery only sends.
+The same idempotency key never queues twice: the call returns the existing message.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
+from pathlib import Path
+
+import sqlalchemy as sa
+from sqlalchemy.orm import Session
+
+from bg_ops.db.app_schema import Company
+from bg_ops.db.own_schema import EMAIL_KINDS, EMAIL_PRIORITIES, email_queue
+from bg_ops.defs.email.message import (
+    AddressError,
+    Attachment,
+    build_message,
+    message_id_for,
+    parse_addresses,
+)
+from bg_ops.defs.email.rendering import TemplateError, render
+from bg_ops.util.files import MissingFile, UnsafePath, resolve_under_root
+
+# Mail that belongs to no tenant (operator alerts) carries company_id 0.
+SYSTEM_COMPANY_ID = 0
+SYSTEM_NAME = "bg_ops"
+MAX_ATTACHMENT_BYTES = 20 * 1024 * 1024
+
+
+class EnqueueError(ValueError):
+    """Why a message was refused; nothing was queued."""
+
+
+@dataclass
+class Email:
+    company_id: int
+    to: Sequence[str]
+    subject: str | None = None
+    text: str | None = None
+    html: str | None = None
+    template: str | None = None
+    context: Mapping | None = None
+    cc: Sequence[str] = ()
+    bcc: Sequence[str] = ()
+    reply_to: str | None = None
+    attachments: Sequence[str] = ()  # paths relative to the files root
+    priority: str = "normal"
+    send_after: datetime | None = None
+    idempotency_key: str | None = None
+    kind: str = "internal"  # 'customer' mail goes first at equal priority
+
+
+@dataclass(frozen=True)
+class MailSettings:
+    """What building a message needs from the configuration."""
+
+    mail_from: str
+    files_root: Path
+
+
+@dataclass(frozen=True)
+class Enqueued:
+    id: int
+    created: bool  # False: the idempotency key was already queued
+
+
+@dataclass
+class _Prepared:
+    row: dict
+    key: str | None
+    message_id: str = field(default="")
+
+
+def company_names(session: Session, company_ids: set[int]) -> dict[int, tuple[str, str]]:
+    """{id: (name, slug)} for the tenants named; company 0 is bg_ops itself."""
+    wanted = {c for c in company_ids if c != SYSTEM_COMPANY_ID}
+    found: dict[int, tuple[str, str]] = {SYSTEM_COMPANY_ID: (SYSTEM_NAME, "")}
+    if wanted:
+        rows = session.execute(
+            sa.select(Company.id, Company.name, Company.slug).where(Company.id.in_(wanted))
+        )
+        found.update({r.id: (r.name, r.slug) for r in rows})
+    return found
+
+
+def load_attachments(files_root: Path, paths: Sequence[str] | None) -> list[Attachment]:
+    """Read attachments safely from under the files root; raise a clear error otherwise."""
+    out = []
+    for rel in paths or ():
+        path = resolve_under_root(files_root, rel)
+        if path.stat().st_size > MAX_ATTACHMENT_BYTES:
+            raise MissingFile(
+                f"attachment {rel!r} is larger than {MAX_ATTACHMENT_BYTES // (1024 * 1024)} MiB: "
+                "link to it instead of attaching it"
+            )
+        out.append(Attachment(filename=path.name, content=path.read_bytes()))
+    return out
+
+
+def prepare(email: Email, *, company: tuple[str, str], settings: MailSettings, now: datetime) -> _Prepared:
+    """Validate, render and build one message; raise ``EnqueueError``."""
+    where = f"message to tenant {email.company_id}"
+    try:
+        to = parse_addresses(email.to, "to")
+        cc = parse_addresses(email.cc, "cc")
+        bcc = parse_addresses(email.bcc, "bcc")
+        reply_to = parse_addresses([email.reply_to], "reply_to")[0] if email.reply_to else None
+    except AddressError as exc:
+        raise EnqueueError(f"{where}: {exc}") from None
+    if not to and not cc and not bcc:
+        raise EnqueueError(f"{where}: no recipients: give at least one address in to, cc or bcc")
+    if email.priority not in EMAIL_PRIORITIES:
+        raise EnqueueError(f"{where}: priority {email.priority!r} is not one of {', '.join(EMAIL_PRIORITIES)}")
+    if email.kind not in EMAIL_KINDS:
+        raise EnqueueError(f"{where}: kind {email.kind!r} is not one of {', '.join(EMAIL_KINDS)}")
+    if email.send_after is not None and email.send_after.tzinfo is None:
+        raise EnqueueError(f"{where}: send_after {email.send_after!r} has no time zone: pass an aware datetime")
+
+    subject, text, html = email.subject, email.text, email.html
+    if email.template:
+        try:
+            rendered = render(email.template, email.context or {}, company_name=company[0], company_slug=company[1])
+        except TemplateError as exc:
+            raise EnqueueError(f"{where}: {exc}") from None
+        subject = subject or rendered.subject
+        text = text if text is not None else rendered.text
+        html = html if html is not None else rendered.html
+    elif text is None and html is None:
+        raise EnqueueError(f"{where}: no body: give text and/or html, or a template with its context")
+    if not subject or not subject.strip():
+        raise EnqueueError(f"{where}: no subject: give one, or use a template that has one")
+    try:
+        attachments = load_attachments(settings.files_root, email.attachments)
+    except (UnsafePath, MissingFile) as exc:
+        raise EnqueueError(f"{where}: attachment refused: {exc}") from None
+
+    message_id = message_id_for(email.idempotency_key, settings.mail_from)
+    raw = build_message(
+        mail_from=settings.mail_from, to=to, cc=cc, reply_to=reply_to, subject=subject,
+        text=text, html=html, message_id=message_id, attachments=attachments,
+    )
+    row = {
+        "company_id": email.company_id,
+        "to_addrs": [a.strip() for a in email.to],
+        "cc_addrs": [a.strip() for a in email.cc] or None,
+        "bcc_addrs": [a.strip() for a in email.bcc] or None,
+        "reply_to": email.reply_to,
+        "subject": subject,
+        "body_text": text,
+        "body_html": html,
+        "template": email.template,
+        "context": dict(email.context) if email.context else None,
+        "attachments": list(email.attachments) or None,
+        "priority": email.priority,
+        "send_after": email.send_after,
+        "idempotency_key": email.idempotency_key,
+        "kind": email.kind,
+        "status": "pending",
+        "attempts": 0,
+        "message_id": message_id,
+        "raw_message": raw,
+        "created_at": now,
+        "updated_at": now,
+    }
+    return _Prepared(row=row, key=email.idempotency_key, message_id=message_id)
+
+
+def _insert(session: Session):
+    dialect = session.get_bind().dialect.name
+    if dialect == "postgresql":
+        from sqlalchemy.dialects.postgresql import insert
+    else:
+        from sqlalchemy.dialects.sqlite import insert
+    return insert(email_queue).on_conflict_do_nothing(index_elements=["idempotency_key"])
+
+
+def enqueue(session: Session, email: Email, *, now: datetime, settings: MailSettings) -> Enqueued:
+    return enqueue_many(session, [email], now=now, settings=settings)[0]
+
+
+def enqueue_many(
+    session: Session, emails: Sequence[Email], *, now: datetime, settings: MailSettings
+) -> list[Enqueued]:
+    """Queue many messages in one transaction (the caller's). All or nothing: one invalid
+    message raises ``EnqueueError`` before anything is written."""
+    if not emails:
+        return []
+    companies = company_names(session, {e.company_id for e in emails})
+    unknown = sorted({e.company_id for e in emails} - set(companies))
+    if unknown:
+        raise EnqueueError(
+            f"unknown tenant company_id {unknown[0]}: no company has that id; check the company_id "
+            "of the message"
+        )
+    prepared = [prepare(e, company=companies[e.company_id], settings=settings, now=now) for e in emails]
+
+    # Keys already queued, and repeats inside this call, map to the first message with the key.
+    keys = {p.key for p in prepared if p.key}
+    existing: dict[str, int] = {}
+    if keys:
+        existing = dict(
+            session.execute(
+                sa.select(email_queue.c.idempotency_key, email_queue.c.id).where(
+                    email_queue.c.idempotency_key.in_(keys)
+                )
+            ).all()
+        )
+    to_insert, seen = [], set()
+    for p in prepared:
+        if p.key and (p.key in existing or p.key in seen):
+            continue
+        if p.key:
+            seen.add(p.key)
+        to_insert.append(p.row)
+    inserted: dict[str, int] = {}
+    if to_insert:
+        result = session.execute(
+            _insert(session).returning(email_queue.c.id, email_queue.c.message_id), to_insert
+        )
+        inserted = {r.message_id: r.id for r in result}
+    missing = [p.key for p in prepared if p.key and p.key not in existing and p.message_id not in inserted]
+    if missing:  # another transaction queued the same key a moment ago
+        existing.update(
+            session.execute(
+                sa.select(email_queue.c.idempotency_key, email_queue.c.id).where(
+                    email_queue.c.idempotency_key.in_(missing)
+                )
+            ).all()
+        )
+
+    out, first_for_key = [], {}
+    for p in prepared:
+        if p.message_id in inserted and (not p.key or p.key not in first_for_key):
+            out.append(Enqueued(id=inserted[p.message_id], created=True))
+            if p.key:
+                first_for_key[p.key] = inserted[p.message_id]
+        else:
+            out.append(Enqueued(id=first_for_key.get(p.key) or existing[p.key], created=False))
+    return out
