@@ -11,8 +11,9 @@ import pytest
 REPO = Path(__file__).resolve().parents[1]
 
 # What operators rely on. A change here is a change of contract: update it on purpose.
-EXPECTED_JOBS = {"tenant_summary_job", "send_due_emails_job", "email_queue_health_job"}
+EXPECTED_JOBS = {"tenant_summary_job", "send_due_emails_job", "email_queue_health_job", "daily_reminders_job"}
 EXPECTED_SCHEDULES: dict[str, str] = {
+    "daily_reminders_schedule": "5 * * * *",
     "email_delivery_schedule": "* * * * *",
     "email_queue_health_schedule": "*/5 * * * *",
 }

@@ -320,6 +320,9 @@ def tenants_list(ctx: click.Context, as_json: bool) -> None:
     emit(data, as_json, human)
 
 
+from bg_ops.cli.emails import emails  # noqa: E402 - registers `bg-ops emails`
+cli.add_command(emails)
+
 def main(argv: list[str] | None = None) -> int:
     try:
         cli.main(args=argv, prog_name="bg-ops", standalone_mode=False)

@@ -106,4 +106,52 @@ upload_queue = sa.Table(
     sa.Index("ix_upload_queue_company_id_source_path", "company_id", "source_path"),
 )
 
-OWN_TABLES = (email_queue, upload_queue)
+# 0003: reminders. One row per (rule, entity, recipient, period): the unique key that makes a
+# reminder go out at most once whatever runs, retries or backfills happen (R14).
+reminder_log = sa.Table(
+    "reminder_log",
+    own_metadata,
+    sa.Column("id", sa.BigInteger().with_variant(sa.Integer, "sqlite"), primary_key=True),
+    sa.Column("company_id", sa.Integer, nullable=False),
+    sa.Column("rule", sa.String(64), nullable=False),
+    sa.Column("entity_id", sa.BigInteger, nullable=False),
+    sa.Column("recipient_id", sa.Integer, nullable=False),
+    sa.Column("period", sa.String(32), nullable=False),
+    sa.Column("run_date", sa.String(10), nullable=False),
+    sa.Column("email_id", sa.BigInteger),
+    sa.Column("digest", sa.Boolean, nullable=False, server_default=sa.false()),
+    sa.Column("subject", sa.Text),
+    sa.Column("created_at", UTCDateTime, nullable=False, server_default=NOW),
+    sa.UniqueConstraint("company_id", "rule", "entity_id", "recipient_id", "period", name="uq_reminder_log_key"),
+    sa.Index("ix_reminder_log_company_id_run_date_digest", "company_id", "run_date", "digest"),
+)
+
+# In-app notifications (the push analogue): one row per reminder for the recipient.
+notifications = sa.Table(
+    "notifications",
+    own_metadata,
+    sa.Column("id", sa.BigInteger().with_variant(sa.Integer, "sqlite"), primary_key=True),
+    sa.Column("company_id", sa.Integer, nullable=False),
+    sa.Column("user_id", sa.Integer, nullable=False),
+    sa.Column("kind", sa.String(64), nullable=False),
+    sa.Column("entity_type", sa.String(32)),
+    sa.Column("entity_id", sa.BigInteger),
+    sa.Column("title", sa.Text, nullable=False),
+    sa.Column("body", sa.Text),
+    sa.Column("created_at", UTCDateTime, nullable=False, server_default=NOW),
+    sa.Column("read_at", UTCDateTime),
+    sa.Index("ix_notifications_company_id_user_id_read_at", "company_id", "user_id", "read_at"),
+)
+
+# Global service switches (P7): a row with enabled = false turns a service off for every
+# tenant ("reminders" all reminders, "reminders.birthdays" one rule). No row means on.
+service_switches = sa.Table(
+    "service_switches",
+    own_metadata,
+    sa.Column("service", sa.String(128), primary_key=True),
+    sa.Column("enabled", sa.Boolean, nullable=False, server_default=sa.true()),
+    sa.Column("note", sa.Text),
+    sa.Column("changed_at", UTCDateTime, nullable=False, server_default=NOW),
+)
+
+OWN_TABLES = (email_queue, upload_queue, reminder_log, notifications, service_switches)

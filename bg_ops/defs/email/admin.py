@@ -164,6 +164,7 @@ def alert_failed(session: Session, *, now: datetime, settings: MailSettings, adm
         .where(q.c.status == "failed", q.c.alerted_at.is_(None))
         .order_by(q.c.id)
         .limit(limit)
+        .with_for_update(skip_locked=True)  # two workers alerting at once report disjoint rows
     ).all()
     if not rows:
         return None
@@ -179,7 +180,9 @@ def alert_failed(session: Session, *, now: datetime, settings: MailSettings, adm
              "attempts": r.attempts, "error": r.last_error or "unknown error"}
             for r in rows
         ]
-        key = "admin-failed-mail:" + hashlib.sha256(",".join(str(r.id) for r in rows).encode()).hexdigest()[:32]
+        # The time is part of the key: a message retried and failed again is a new failure.
+        listed = ",".join(str(r.id) for r in rows) + "@" + now.isoformat()
+        key = "admin-failed-mail:" + hashlib.sha256(listed.encode()).hexdigest()[:32]
         alert_id = enqueue(
             session,
             Email(company_id=SYSTEM_COMPANY_ID, to=list(admin_emails), template=ALERT_TEMPLATE,

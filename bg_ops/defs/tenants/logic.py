@@ -32,14 +32,31 @@ class Tenant:
         except (ZoneInfoNotFoundError, ValueError):
             return ZoneInfo("UTC")
 
-    def service_enabled(self, service: str) -> bool:
+    def service_enabled(self, service: str, globally_off: frozenset[str] = frozenset()) -> bool:
         """``companies.settings`` switches: ``{"reminders": false}`` turns off every reminder,
-        ``{"reminders.task_due": false}`` only that one. Missing keys mean on."""
-        parts = service.split(".")
-        for i in range(1, len(parts) + 1):
-            if self.settings.get(".".join(parts[:i])) is False:
-                return False
-        return True
+        ``{"reminders.task_due": false}`` only that one. Missing keys mean on. ``globally_off``
+        (from ``switched_off_services``) applies the same way to every tenant."""
+        return switched_off_by(service, self.settings, globally_off) is None
+
+
+def switched_off_by(service: str, tenant_settings: Mapping, globally_off: frozenset[str] = frozenset()) -> str | None:
+    """Which switch turns ``service`` off ("tenant: reminders" / "global: reminders.x"), or None."""
+    parts = service.split(".")
+    for i in range(1, len(parts) + 1):
+        key = ".".join(parts[:i])
+        if key in globally_off:
+            return f"global: {key}"
+        if tenant_settings.get(key) is False:
+            return f"tenant: {key}"
+    return None
+
+
+def switched_off_services(session: Session) -> frozenset[str]:
+    """Services an operator switched off for every tenant (``service_switches``)."""
+    from bg_ops.db.own_schema import service_switches
+
+    rows = session.execute(sa.select(service_switches.c.service).where(service_switches.c.enabled.is_(False)))
+    return frozenset(r.service for r in rows)
 
 
 def _tenant(row: Company) -> Tenant:
@@ -59,6 +76,11 @@ def active_tenant_slugs(session: Session) -> list[str]:
             sa.select(Company.slug).where(Company.is_active.is_(True)).order_by(Company.slug)
         )
     )
+
+
+def active_tenants(session: Session) -> list[Tenant]:
+    rows = session.scalars(sa.select(Company).where(Company.is_active.is_(True)).order_by(Company.slug))
+    return [_tenant(r) for r in rows]
 
 
 def get_tenant(session: Session, slug: str) -> Tenant:

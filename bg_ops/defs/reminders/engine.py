@@ -1,0 +1,263 @@
+"""The reminder engine: run one rule for one tenant on one (tenant-local) day.
+
+A rule is a set-based query that returns who is due what (``Due`` rows: the entity, the
+recipient, the template context). The engine then, in one transaction:
+
+1. inserts one ``reminder_log`` row per (rule, entity, recipient, period) with ON CONFLICT DO
+   NOTHING: only rows inserted now are new, so a reminder goes out at most once whatever
+   runs, retries, backfills or concurrent runs happen (R14);
+2. queues a mail for each new reminder, timed for the send hour (default 08:00) in the
+   recipient's zone (falling back to the tenant's) on the run day — or, for tenants with the
+   daily digest on (R16), leaves it for ``send_digests`` to gather into one mail per person;
+3. writes an in-app notification row per new reminder.
+
+A template or address error rolls the whole rule back, so a retry of the rule starts clean.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from datetime import date, datetime, time, timedelta
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+import sqlalchemy as sa
+from sqlalchemy.orm import Session
+
+from bg_ops.db.own_schema import notifications, reminder_log
+from bg_ops.defs.email.enqueue import Email, MailSettings, enqueue_many
+from bg_ops.defs.email.rendering import render
+from bg_ops.defs.tenants.logic import Tenant, switched_off_by
+
+DEFAULT_SEND_HOUR = 8  # in inboxes before 09:00 local (R10, seed 003)
+
+
+def zone_of(name: str | None, fallback: ZoneInfo) -> ZoneInfo:
+    try:
+        return ZoneInfo(name) if name else fallback
+    except (ZoneInfoNotFoundError, ValueError):
+        return fallback
+
+
+@dataclass(frozen=True)
+class RuleContext:
+    """What a rule's query needs: the tenant, its local run day, and ``now``."""
+
+    tenant: Tenant
+    day: date
+    now: datetime
+
+    @property
+    def zone(self) -> ZoneInfo:
+        return self.tenant.zone
+
+    def day_start(self, offset_days: int = 0) -> datetime:
+        """The UTC instant the tenant-local day ``day + offset_days`` begins (DST-correct)."""
+        local = datetime.combine(self.day + timedelta(days=offset_days), time.min, tzinfo=self.zone)
+        return local.astimezone(ZoneInfo("UTC"))
+
+    def setting(self, key: str, default: int) -> int:
+        """A per-tenant threshold from ``companies.settings`` (``reminders.<key>``)."""
+        value = self.tenant.settings.get(f"reminders.{key}", default)
+        return value if isinstance(value, int) and not isinstance(value, bool) else default
+
+
+@dataclass(frozen=True)
+class Due:
+    """One reminder for one person."""
+
+    entity_id: int
+    recipient_id: int
+    email: str
+    name: str
+    timezone: str | None
+    context: dict
+    period: str | None = None  # defaults to the run day (a daily reminder)
+
+
+@dataclass(frozen=True)
+class Rule:
+    name: str
+    requirement: str
+    title: str
+    entity_type: str
+    find: Callable[[Session, RuleContext], Iterable[Due]]
+    priority: str = "normal"
+    kind: str = "internal"
+    description: str = ""
+
+    @property
+    def template(self) -> str:
+        return f"reminder_{self.name}"
+
+    @property
+    def service(self) -> str:
+        return f"reminders.{self.name}"
+
+
+@dataclass
+class RuleResult:
+    rule: str
+    found: int = 0
+    enqueued: int = 0
+    digested: int = 0
+    already_sent: int = 0
+    switched_off: str | None = None
+    preview: list[dict] = field(default_factory=list)
+
+    def as_metadata(self) -> dict:
+        return {
+            "found": self.found, "enqueued": self.enqueued, "digested": self.digested,
+            "already_sent": self.already_sent, "switched_off": self.switched_off or "no",
+        }
+
+
+def send_time(ctx: RuleContext, recipient_zone: str | None) -> datetime:
+    hour = ctx.setting("send_hour", DEFAULT_SEND_HOUR)
+    zone = zone_of(recipient_zone, ctx.zone)
+    return datetime.combine(ctx.day, time(hour=min(max(hour, 0), 23)), tzinfo=zone).astimezone(ZoneInfo("UTC"))
+
+
+def _log_insert(session: Session):
+    if session.get_bind().dialect.name == "postgresql":
+        from sqlalchemy.dialects.postgresql import insert
+    else:
+        from sqlalchemy.dialects.sqlite import insert
+    return insert(reminder_log).on_conflict_do_nothing(
+        index_elements=["company_id", "rule", "entity_id", "recipient_id", "period"]
+    )
+
+
+def run_rule(
+    session: Session,
+    rule: Rule,
+    ctx: RuleContext,
+    *,
+    mail_settings: MailSettings,
+    globally_off: frozenset[str] = frozenset(),
+    dry_run: bool = False,
+) -> RuleResult:
+    result = RuleResult(rule=rule.name)
+    off = switched_off_by(rule.service, ctx.tenant.settings, globally_off)
+    if off:
+        result.switched_off = off
+        return result
+    dues = list(rule.find(session, ctx))
+    result.found = len(dues)
+    if not dues:
+        return result
+    day = ctx.day.isoformat()
+    keyed = {}
+    for due in dues:
+        keyed.setdefault((due.entity_id, due.recipient_id, due.period or day), due)
+    if dry_run:
+        sent = set(
+            session.execute(
+                sa.select(reminder_log.c.entity_id, reminder_log.c.recipient_id, reminder_log.c.period).where(
+                    reminder_log.c.company_id == ctx.tenant.id, reminder_log.c.rule == rule.name,
+                    reminder_log.c.period.in_({k[2] for k in keyed}),
+                )
+            ).all()
+        )
+        for (entity_id, recipient_id, period), due in keyed.items():
+            result.preview.append({
+                "rule": rule.name, "entity_id": entity_id, "recipient": due.email, "name": due.name,
+                "period": period, "already_sent": (entity_id, recipient_id, period) in sent,
+                "send_at": send_time(ctx, due.timezone).isoformat(),
+            })
+        result.already_sent = sum(1 for p in result.preview if p["already_sent"])
+        return result
+
+    digest = bool(ctx.tenant.settings.get("digest"))
+    rows = [
+        {"company_id": ctx.tenant.id, "rule": rule.name, "entity_id": e, "recipient_id": r, "period": p,
+         "run_date": day, "digest": digest, "created_at": ctx.now}
+        for (e, r, p) in keyed
+    ]
+    inserted = session.execute(
+        _log_insert(session).returning(
+            reminder_log.c.id, reminder_log.c.entity_id, reminder_log.c.recipient_id, reminder_log.c.period
+        ),
+        rows,
+    ).all()
+    result.already_sent = len(keyed) - len(inserted)
+    if not inserted:
+        return result
+
+    new = [(row.id, keyed[(row.entity_id, row.recipient_id, row.period)], row.period) for row in inserted]
+    if digest:
+        # The digest mail lists one line per reminder: keep each reminder's subject for it.
+        for log_id, due, _period in new:
+            subject = render(rule.template, {**due.context, "recipient_name": due.name},
+                             company_name=ctx.tenant.name, company_slug=ctx.tenant.slug).subject
+            session.execute(sa.update(reminder_log).where(reminder_log.c.id == log_id).values(subject=subject))
+        result.digested = len(new)
+    else:
+        emails = [
+            Email(
+                company_id=ctx.tenant.id, to=[due.email], template=rule.template,
+                context={**due.context, "recipient_name": due.name}, priority=rule.priority, kind=rule.kind,
+                send_after=send_time(ctx, due.timezone),
+                idempotency_key=f"reminder:{ctx.tenant.id}:{rule.name}:{due.entity_id}:{due.recipient_id}:{period}",
+            )
+            for _log_id, due, period in new
+        ]
+        queued = enqueue_many(session, emails, now=ctx.now, settings=mail_settings)
+        session.execute(
+            sa.update(reminder_log).where(reminder_log.c.id == sa.bindparam("l_id")).values(email_id=sa.bindparam("l_email")),
+            [{"l_id": log_id, "l_email": q.id} for (log_id, _, _), q in zip(new, queued, strict=True)],
+        )
+        result.enqueued = len(queued)
+    session.execute(
+        sa.insert(notifications),
+        [
+            {"company_id": ctx.tenant.id, "user_id": due.recipient_id, "kind": rule.name,
+             "entity_type": rule.entity_type, "entity_id": due.entity_id,
+             "title": due.context.get("headline") or rule.title, "body": due.context.get("summary"),
+             "created_at": ctx.now}
+            for _log_id, due, _period in new
+        ],
+    )
+    return result
+
+
+def send_digests(session: Session, ctx: RuleContext, *, mail_settings: MailSettings) -> int:
+    """One mail per person gathering the day's digested reminders (tenants with ``digest``)."""
+    from bg_ops.db.app_schema import User
+
+    day = ctx.day.isoformat()
+    pending = session.execute(
+        sa.select(reminder_log.c.id, reminder_log.c.recipient_id, reminder_log.c.rule, reminder_log.c.subject)
+        .where(reminder_log.c.company_id == ctx.tenant.id, reminder_log.c.run_date == day,
+               reminder_log.c.digest.is_(True), reminder_log.c.email_id.is_(None))
+        .order_by(reminder_log.c.recipient_id, reminder_log.c.id)
+    ).all()
+    if not pending:
+        return 0
+    by_person: dict[int, list] = defaultdict(list)
+    for row in pending:
+        by_person[row.recipient_id].append(row)
+    people = {
+        u.id: u for u in session.execute(
+            sa.select(User.id, User.email, User.full_name, User.timezone).where(
+                User.company_id == ctx.tenant.id, User.id.in_(by_person), User.is_active.is_(True))
+        )
+    }
+    emails, log_ids = [], []
+    for person_id, items in by_person.items():
+        user = people.get(person_id)
+        if user is None:  # deactivated since: nothing to send
+            continue
+        emails.append(Email(
+            company_id=ctx.tenant.id, to=[user.email], template="reminder_digest",
+            context={"recipient_name": user.full_name, "day": day,
+                     "items": [{"rule": r.rule, "subject": r.subject} for r in items]},
+            send_after=send_time(ctx, user.timezone),
+            idempotency_key=f"digest:{ctx.tenant.id}:{person_id}:{day}",
+        ))
+        log_ids.append([r.id for r in items])
+    queued = enqueue_many(session, emails, now=ctx.now, settings=mail_settings)
+    for ids, q in zip(log_ids, queued, strict=True):
+        session.execute(sa.update(reminder_log).where(reminder_log.c.id.in_(ids)).values(email_id=q.id))
+    return len(queued)

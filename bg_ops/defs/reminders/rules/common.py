@@ -1,0 +1,37 @@
+"""Pieces every rule uses: recipients are active users of the same tenant, never others."""
+
+from __future__ import annotations
+
+from datetime import date, datetime
+
+import sqlalchemy as sa
+from sqlalchemy.orm import aliased
+
+from bg_ops.db.app_schema import User
+from bg_ops.defs.reminders.engine import Due, RuleContext
+
+RECIPIENT_COLUMNS = ("recipient_id", "email", "name", "timezone")
+
+
+def recipient(ctx: RuleContext, user_id_column, alias_name: str = "recipient"):
+    """(alias, join condition) for an active user of this tenant whose id is ``user_id_column``."""
+    u = aliased(User, name=alias_name)
+    cond = sa.and_(u.id == user_id_column, u.company_id == ctx.tenant.id, u.is_active.is_(True))
+    return u, cond
+
+
+def recipient_columns(u) -> list:
+    return [u.id.label("recipient_id"), u.email.label("email"), u.full_name.label("name"), u.timezone.label("timezone")]
+
+
+def local_date(ctx: RuleContext, moment: datetime | None) -> date | None:
+    return moment.astimezone(ctx.zone).date() if moment is not None else None
+
+
+def dues(rows, ctx: RuleContext, make_context, period=None) -> list[Due]:
+    """Turn result rows (with ``entity_id`` and the recipient columns) into ``Due`` items."""
+    return [
+        Due(entity_id=r.entity_id, recipient_id=r.recipient_id, email=r.email, name=r.name,
+            timezone=r.timezone, context=make_context(r), period=period(r) if callable(period) else period)
+        for r in rows
+    ]
