@@ -321,7 +321,11 @@ def tenants_list(ctx: click.Context, as_json: bool) -> None:
 
 
 from bg_ops.cli.emails import emails  # noqa: E402 - registers `bg-ops emails`
+from bg_ops.cli.reminders import reminders, services  # noqa: E402
+
 cli.add_command(emails)
+cli.add_command(reminders)
+cli.add_command(services)
 
 def main(argv: list[str] | None = None) -> int:
     try:

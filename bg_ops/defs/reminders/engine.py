@@ -163,6 +163,7 @@ def run_rule(
         for (entity_id, recipient_id, period), due in keyed.items():
             result.preview.append({
                 "rule": rule.name, "entity_id": entity_id, "recipient": due.email, "name": due.name,
+                "what": due.context.get("headline") or rule.title,
                 "period": period, "already_sent": (entity_id, recipient_id, period) in sent,
                 "send_at": send_time(ctx, due.timezone).isoformat(),
             })
