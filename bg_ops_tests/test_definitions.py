@@ -11,13 +11,16 @@ import pytest
 REPO = Path(__file__).resolve().parents[1]
 
 # What operators rely on. A change here is a change of contract: update it on purpose.
-EXPECTED_JOBS = {"tenant_summary_job", "send_due_emails_job", "email_queue_health_job", "daily_reminders_job"}
+EXPECTED_JOBS = {"tenant_summary_job", "send_due_emails_job", "email_queue_health_job", "daily_reminders_job",
+                 "upload_files_job", "nightly_backup_job"}
 EXPECTED_SCHEDULES: dict[str, str] = {
     "daily_reminders_schedule": "5 * * * *",
     "email_delivery_schedule": "* * * * *",
     "email_queue_health_schedule": "*/5 * * * *",
+    "upload_queue_schedule": "*/5 * * * *",
+    "nightly_backup_schedule": "15 * * * *",
 }
-EXPECTED_SENSORS = {"tenant_partitions_sensor", "email_delivery_sensor"}
+EXPECTED_SENSORS = {"tenant_partitions_sensor", "email_delivery_sensor", "upload_queue_sensor"}
 EXPECTED_ASSETS = {"tenant_summary", "email_queue_health"}
 EXPECTED_RESOURCES = {"database", "files", "mail", "storage"}
 

@@ -100,6 +100,9 @@ upload_queue = sa.Table(
     sa.Column("created_at", UTCDateTime, nullable=False, server_default=NOW),
     sa.Column("updated_at", UTCDateTime, nullable=False, server_default=NOW),
     sa.Column("uploaded_at", UTCDateTime),
+    # 0004: per-row conflict policy (NULL: the configured one) and what queued it.
+    sa.Column("on_conflict", sa.String(16)),
+    sa.Column("kind", sa.String(16)),
     sa.CheckConstraint(f"status IN {UPLOAD_STATUSES}", name="status"),
     sa.Index("ix_upload_queue_status_next_attempt_at", "status", "next_attempt_at"),
     sa.Index("ix_upload_queue_company_id_status", "company_id", "status"),
@@ -154,4 +157,53 @@ service_switches = sa.Table(
     sa.Column("changed_at", UTCDateTime, nullable=False, server_default=NOW),
 )
 
-OWN_TABLES = (email_queue, upload_queue, reminder_log, notifications, service_switches)
+# 0004: files. What the nightly backup last saw of each file (F4): a rescan compares size and
+# mtime and hashes only what moved.
+backup_manifest = sa.Table(
+    "backup_manifest",
+    own_metadata,
+    sa.Column("id", sa.BigInteger().with_variant(sa.Integer, "sqlite"), primary_key=True),
+    sa.Column("company_id", sa.Integer, nullable=False),
+    sa.Column("source_path", sa.Text, nullable=False),
+    sa.Column("size_bytes", sa.BigInteger, nullable=False),
+    sa.Column("mtime_ns", sa.BigInteger, nullable=False),
+    sa.Column("content_hash", sa.String(64), nullable=False),
+    sa.Column("dest_path", sa.Text, nullable=False),
+    sa.Column("upload_id", sa.BigInteger),
+    sa.Column("updated_at", UTCDateTime, nullable=False, server_default=NOW),
+    sa.UniqueConstraint("company_id", "source_path", name="uq_backup_manifest_company_id_source_path"),
+)
+
+# One row per archived document version (F5): the unique key makes a re-run a no-op and a
+# changed document a new version.
+archives = sa.Table(
+    "archives",
+    own_metadata,
+    sa.Column("id", sa.BigInteger().with_variant(sa.Integer, "sqlite"), primary_key=True),
+    sa.Column("company_id", sa.Integer, nullable=False),
+    sa.Column("doc_type", sa.String(32), nullable=False),
+    sa.Column("doc_id", sa.BigInteger, nullable=False),
+    sa.Column("version", sa.Integer, nullable=False),
+    sa.Column("version_key", sa.String(128), nullable=False),
+    sa.Column("cloud_path", sa.Text),
+    sa.Column("content_hash", sa.String(64)),
+    sa.Column("size_bytes", sa.BigInteger),
+    sa.Column("created_at", UTCDateTime, nullable=False, server_default=NOW),
+    sa.UniqueConstraint("company_id", "doc_type", "doc_id", "version_key", name="uq_archives_version_key"),
+)
+
+# Thumbnails of approval attachments (F6), one per attachment content.
+renditions = sa.Table(
+    "renditions",
+    own_metadata,
+    sa.Column("id", sa.BigInteger().with_variant(sa.Integer, "sqlite"), primary_key=True),
+    sa.Column("company_id", sa.Integer, nullable=False),
+    sa.Column("approval_file_id", sa.BigInteger, nullable=False),
+    sa.Column("source_hash", sa.String(64), nullable=False),
+    sa.Column("cloud_path", sa.Text, nullable=False),
+    sa.Column("created_at", UTCDateTime, nullable=False, server_default=NOW),
+    sa.UniqueConstraint("approval_file_id", "source_hash", name="uq_renditions_file_hash"),
+)
+
+OWN_TABLES = (email_queue, upload_queue, reminder_log, notifications, service_switches, backup_manifest,
+              archives, renditions)

@@ -1,0 +1,294 @@
+"""The upload queue: files to the cloud, verified by content hash, retried with backoff.
+
+Rows come from bg_ops (backup, archival) or from the platform with plain SQL
+(``upload_queue`` contract: company_id, source_path, dest_path, delete_after_upload).
+
+- **Claim** due rows (queued, or failed and due for another try; or stuck ``uploading``
+  after the lease) in one ``UPDATE … RETURNING`` under a lease, ``FOR UPDATE SKIP LOCKED`` on
+  PostgreSQL; each claim counts an attempt, and the attempts of the day.
+- **Upload**: the source must resolve inside the files root (``..``, absolute paths and
+  symlinks leading out are refused) and still exist; it counts only when the cloud's content
+  hash equals the local one. Conflict policy per row or configured: ``keep_both`` (same
+  content: done; different: a renamed copy ``name (2).ext``) or ``overwrite``.
+- **Record**: uploaded; transient errors (429, 5xx, network, hash mismatch) → ``failed`` (will
+  retry) with exponential backoff and jitter, at most ``daily_attempt_cap`` tries a day,
+  ``canceled`` after ``max_attempts`` (200); refusals → ``canceled`` at once. A tenant over its
+  storage quota waits in ``queued`` with the reason instead of failing (F8).
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, time, timedelta
+from pathlib import Path
+
+import sqlalchemy as sa
+from sqlalchemy.orm import Session
+
+from bg_ops.db.app_schema import Company
+from bg_ops.db.own_schema import upload_queue as u
+from bg_ops.resources.storage import (
+    CloudStorageResource,
+    StorageBadPath,
+    StorageConflict,
+    StorageError,
+    normalize_cloud_path,
+)
+from bg_ops.util.content_hash import content_hash_file
+from bg_ops.util.files import MissingFile, UnsafePath, resolve_under_root
+
+log = logging.getLogger("bg_ops.uploads")
+
+CONFLICT_POLICIES = ("keep_both", "overwrite")
+
+
+class UploadRefused(ValueError):
+    """A row that can never be uploaded as given (bad source or destination)."""
+
+
+@dataclass(frozen=True)
+class UploadPolicy:
+    batch_size: int = 5
+    lease_seconds: int = 900
+    max_attempts: int = 200
+    daily_attempt_cap: int = 24
+    backoff_base_seconds: float = 60.0
+    backoff_max_seconds: float = 6 * 3600.0
+    time_budget_seconds: float = 240.0
+    on_conflict: str = "keep_both"
+    quota_wait_seconds: float = 3600.0
+
+
+@dataclass
+class UploadReport:
+    batches: int = 0
+    claimed: int = 0
+    uploaded: int = 0
+    retried: int = 0
+    canceled: int = 0
+    waiting_for_quota: int = 0
+    bytes_uploaded: int = 0
+    canceled_ids: list[int] = field(default_factory=list)
+    stopped_because: str = ""
+
+    def as_metadata(self) -> dict:
+        return {k: v for k, v in self.__dict__.items() if k != "canceled_ids"}
+
+
+def queue_upload(session: Session, *, company_id: int, source_path: str, dest_path: str, files_root: Path,
+                 now: datetime, delete_after_upload: bool = False, on_conflict: str | None = None,
+                 kind: str | None = None) -> int:
+    """Queue one file; refuse bad paths at once. A file already waiting for the same
+    destination is not queued twice: its row id is returned."""
+    try:
+        resolve_under_root(files_root, source_path)
+        dest = normalize_cloud_path(dest_path)
+    except (UnsafePath, MissingFile, StorageBadPath) as exc:
+        raise UploadRefused(f"upload of {source_path!r} refused: {exc}") from None
+    if not dest:
+        raise UploadRefused(f"upload of {source_path!r} refused: the destination is the storage root")
+    if on_conflict is not None and on_conflict not in CONFLICT_POLICIES:
+        raise UploadRefused(f"on_conflict {on_conflict!r} is not one of {', '.join(CONFLICT_POLICIES)}")
+    existing = session.execute(
+        sa.select(u.c.id).where(u.c.company_id == company_id, u.c.source_path == source_path,
+                                u.c.dest_path == dest, u.c.status.in_(("queued", "failed", "uploading")))
+    ).scalar_one_or_none()
+    if existing is not None:
+        return int(existing)
+    return int(session.execute(
+        sa.insert(u).values(company_id=company_id, source_path=source_path, dest_path=dest,
+                            delete_after_upload=delete_after_upload, on_conflict=on_conflict, kind=kind,
+                            status="queued", created_at=now, updated_at=now).returning(u.c.id)
+    ).scalar_one())
+
+
+def due_condition(now: datetime):
+    return sa.or_(
+        sa.and_(u.c.status.in_(("queued", "failed")), sa.or_(u.c.next_attempt_at.is_(None), u.c.next_attempt_at <= now)),
+        sa.and_(u.c.status == "uploading", u.c.locked_until < now),
+    )
+
+
+def count_due(conn: sa.Connection, now: datetime) -> int:
+    return int(conn.execute(sa.select(sa.func.count()).select_from(u).where(due_condition(now))).scalar_one())
+
+
+def claim_uploads(engine: sa.Engine, *, now: datetime, worker_id: str, policy: UploadPolicy) -> list:
+    today = now.date().isoformat()
+    candidates = (
+        sa.select(u.c.id).where(due_condition(now)).order_by(u.c.created_at, u.c.id)
+        .limit(policy.batch_size).with_for_update(skip_locked=True)
+    )
+    claim = (
+        sa.update(u).where(u.c.id.in_(candidates.scalar_subquery()))
+        .values(
+            status="uploading", attempts=u.c.attempts + 1,
+            attempts_today=sa.case((u.c.attempts_day == today, u.c.attempts_today + 1), else_=1),
+            attempts_day=today, locked_until=now + timedelta(seconds=policy.lease_seconds),
+            locked_by=worker_id, updated_at=now,
+        )
+        .returning(u.c.id, u.c.company_id, u.c.source_path, u.c.dest_path, u.c.delete_after_upload,
+                   u.c.on_conflict, u.c.attempts, u.c.attempts_today, u.c.created_at)
+    )
+    with engine.begin() as conn:
+        rows = conn.execute(claim).all()
+    return sorted(rows, key=lambda r: (r.created_at, r.id))
+
+
+@dataclass
+class _Outcome:
+    id: int
+    status: str  # uploaded | retry | canceled | quota
+    error: str | None = None
+    attempts: int = 0
+    attempts_today: int = 0
+    size: int | None = None
+    content_hash: str | None = None
+    cloud_path: str | None = None
+    rev: str | None = None
+
+
+def _quota_left(engine: sa.Engine, company_ids: set[int]) -> dict[int, int | None]:
+    """Bytes each tenant may still upload (None: no quota)."""
+    with engine.connect() as conn:
+        quotas = dict(conn.execute(sa.select(Company.id, Company.storage_quota_bytes).where(Company.id.in_(company_ids))).all())
+        used = dict(conn.execute(
+            sa.select(u.c.company_id, sa.func.coalesce(sa.func.sum(u.c.size_bytes), 0))
+            .where(u.c.company_id.in_(company_ids), u.c.status == "uploaded").group_by(u.c.company_id)
+        ).all())
+    return {cid: (None if quotas.get(cid) is None else int(quotas[cid]) - int(used.get(cid, 0))) for cid in company_ids}
+
+
+def upload_one(row, storage: CloudStorageResource, *, files_root: Path, policy: UploadPolicy,
+               quota_left: dict[int, int | None]) -> _Outcome:
+    base = dict(id=row.id, attempts=row.attempts, attempts_today=row.attempts_today)
+    try:
+        local = resolve_under_root(files_root, row.source_path)
+    except UnsafePath as exc:
+        return _Outcome(status="canceled", error=f"refused: {exc}", **base)
+    except MissingFile as exc:
+        return _Outcome(status="canceled", error=f"file vanished before upload: {exc}", **base)
+    try:
+        size = local.stat().st_size
+        left = quota_left.get(row.company_id)
+        if left is not None and size > left:
+            return _Outcome(status="quota", error=f"waiting: the tenant's storage quota is reached ({size} bytes needed, "
+                                                     f"{max(left, 0)} left); raise companies.storage_quota_bytes", **base)
+        local_hash = content_hash_file(local)
+        policy_name = row.on_conflict or policy.on_conflict
+        mode = "overwrite" if policy_name == "overwrite" else "add"
+        entry = storage.upload(local, row.dest_path, mode=mode, autorename=policy_name == "keep_both")
+    except (StorageBadPath, StorageConflict) as exc:
+        return _Outcome(status="canceled", error=f"refused by the cloud: {exc}", **base)
+    except StorageError as exc:
+        return _Outcome(status="retry", error=f"{exc.__class__.__name__}: {exc}", **base)
+    except OSError as exc:
+        return _Outcome(status="retry", error=f"reading the file failed: {exc.strerror or exc}", **base)
+    if entry.content_hash != local_hash:
+        return _Outcome(status="retry", error="content hash in the cloud differs from the local file", **base)
+    if left is not None:
+        quota_left[row.company_id] = left - size
+    if row.delete_after_upload:
+        try:
+            local.unlink()
+        except OSError as exc:
+            log.warning("uploaded #%s but could not delete the local file: %s", row.id, exc.strerror or exc)
+    return _Outcome(status="uploaded", size=size, content_hash=local_hash, cloud_path=entry.path, rev=entry.rev, **base)
+
+
+def backoff_seconds(attempts: int, policy: UploadPolicy, rng: random.Random) -> float:
+    step = min(policy.backoff_max_seconds, policy.backoff_base_seconds * 2 ** max(0, attempts - 1))
+    return step / 2 + rng.random() * step / 2
+
+
+def _next_day(now: datetime) -> datetime:
+    return datetime.combine(now.date() + timedelta(days=1), time.min, tzinfo=UTC)
+
+
+def record_outcomes(engine: sa.Engine, outcomes: list[_Outcome], *, now: datetime, policy: UploadPolicy,
+                    rng: random.Random) -> UploadReport:
+    report = UploadReport()
+    done, retries, canceled, waiting = [], [], [], []
+    for o in outcomes:
+        if o.status == "uploaded":
+            done.append({"o_id": o.id, "o_size": o.size, "o_hash": o.content_hash, "o_path": o.cloud_path, "o_rev": o.rev})
+        elif o.status == "quota":
+            waiting.append({"o_id": o.id, "o_error": o.error, "o_next": now + timedelta(seconds=policy.quota_wait_seconds)})
+        elif o.status == "retry" and o.attempts < policy.max_attempts:
+            next_at = now + timedelta(seconds=backoff_seconds(o.attempts, policy, rng))
+            if o.attempts_today >= policy.daily_attempt_cap:
+                next_at = max(next_at, _next_day(now))
+            retries.append({"o_id": o.id, "o_error": o.error, "o_next": next_at})
+        else:
+            error = o.error if o.status == "canceled" else f"gave up after {o.attempts} attempts: {o.error}"
+            canceled.append({"o_id": o.id, "o_error": error})
+    common = dict(locked_until=None, locked_by=None, updated_at=now)
+    with engine.begin() as conn:
+        if done:
+            conn.execute(sa.update(u).where(u.c.id == sa.bindparam("o_id"), u.c.status == "uploading").values(
+                status="uploaded", uploaded_at=now, last_error=None, next_attempt_at=None,
+                size_bytes=sa.bindparam("o_size"), content_hash=sa.bindparam("o_hash"),
+                cloud_path=sa.bindparam("o_path"), cloud_rev=sa.bindparam("o_rev"), **common), done)
+        if retries:
+            conn.execute(sa.update(u).where(u.c.id == sa.bindparam("o_id"), u.c.status == "uploading").values(
+                status="failed", last_error=sa.bindparam("o_error"), next_attempt_at=sa.bindparam("o_next"), **common),
+                retries)
+        if waiting:  # not an attempt: the file never left
+            conn.execute(sa.update(u).where(u.c.id == sa.bindparam("o_id"), u.c.status == "uploading").values(
+                status="queued", attempts=u.c.attempts - 1, attempts_today=u.c.attempts_today - 1,
+                last_error=sa.bindparam("o_error"), next_attempt_at=sa.bindparam("o_next"), **common), waiting)
+        if canceled:
+            conn.execute(sa.update(u).where(u.c.id == sa.bindparam("o_id"), u.c.status == "uploading").values(
+                status="canceled", last_error=sa.bindparam("o_error"), next_attempt_at=None, **common), canceled)
+    report.uploaded, report.retried = len(done), len(retries)
+    report.canceled, report.waiting_for_quota = len(canceled), len(waiting)
+    report.bytes_uploaded = sum(d["o_size"] or 0 for d in done)
+    report.canceled_ids = [c["o_id"] for c in canceled]
+    return report
+
+
+def drain_uploads(
+    engine: sa.Engine,
+    storage: CloudStorageResource,
+    *,
+    clock: Callable[[], datetime],
+    files_root: Path,
+    policy: UploadPolicy = UploadPolicy(),
+    worker_id: str = "uploads",
+    rng: random.Random | None = None,
+    max_batches: int | None = None,
+    on_batch: Callable[[UploadReport], None] | None = None,
+) -> UploadReport:
+    """Upload what is due, batch after batch, until nothing is due, the budget or ``max_batches``."""
+    rng = rng or random.Random()
+    total = UploadReport()
+    start = clock()
+    while True:
+        now = clock()
+        if (now - start).total_seconds() >= policy.time_budget_seconds:
+            total.stopped_because = "time budget spent"
+            break
+        if max_batches is not None and total.batches >= max_batches:
+            total.stopped_because = "batch limit reached"
+            break
+        rows = claim_uploads(engine, now=now, worker_id=worker_id, policy=policy)
+        if not rows:
+            total.stopped_because = "nothing due"
+            break
+        quota = _quota_left(engine, {r.company_id for r in rows})
+        outcomes = [upload_one(r, storage, files_root=files_root, policy=policy, quota_left=quota) for r in rows]
+        batch = record_outcomes(engine, outcomes, now=clock(), policy=policy, rng=rng)
+        total.batches += 1
+        total.claimed += len(rows)
+        for key in ("uploaded", "retried", "canceled", "waiting_for_quota", "bytes_uploaded"):
+            setattr(total, key, getattr(total, key) + getattr(batch, key))
+        total.canceled_ids += batch.canceled_ids
+        log.info("upload batch %d: uploaded %d, retry %d, canceled %d", total.batches, batch.uploaded,
+                 batch.retried, batch.canceled)
+        if on_batch:
+            on_batch(batch)
+    return total
+
