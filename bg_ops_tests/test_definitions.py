@@ -12,16 +12,20 @@ REPO = Path(__file__).resolve().parents[1]
 
 # What operators rely on. A change here is a change of contract: update it on purpose.
 EXPECTED_JOBS = {"tenant_summary_job", "send_due_emails_job", "email_queue_health_job", "daily_reminders_job",
-                 "upload_files_job", "nightly_backup_job"}
+                 "calendar_reminders_job", "approval_completed_job",
+                 "upload_files_job", "nightly_backup_job", "storage_health_job", "restore_drill_job"}
 EXPECTED_SCHEDULES: dict[str, str] = {
     "daily_reminders_schedule": "5 * * * *",
     "email_delivery_schedule": "* * * * *",
     "email_queue_health_schedule": "*/5 * * * *",
     "upload_queue_schedule": "*/5 * * * *",
     "nightly_backup_schedule": "15 * * * *",
+    "storage_health_schedule": "*/10 * * * *",
+    "restore_drill_schedule": "0 4 * * 0",
 }
-EXPECTED_SENSORS = {"tenant_partitions_sensor", "email_delivery_sensor", "upload_queue_sensor"}
-EXPECTED_ASSETS = {"tenant_summary", "email_queue_health"}
+EXPECTED_SENSORS = {"tenant_partitions_sensor", "email_delivery_sensor", "calendar_reminder_sensor", "approval_completed_sensor",
+                    "upload_queue_sensor"}
+EXPECTED_ASSETS = {"tenant_summary", "email_queue_health", "upload_queue_health", "storage_quota"}
 EXPECTED_RESOURCES = {"database", "files", "mail", "storage"}
 
 

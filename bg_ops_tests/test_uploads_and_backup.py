@@ -257,3 +257,60 @@ def test_a_tenant_over_quota_waits_instead_of_failing(db_engine, tmp_path):
     with db_engine.connect() as c:
         waiting = c.execute(sa.select(u).where(u.c.source_path == "acme/big.bin")).one()
     assert waiting.status == "queued" and waiting.attempts == 0 and "quota" in waiting.last_error
+
+
+def test_overwritten_backups_count_once_against_the_quota(db_engine, tmp_path):
+    from bg_ops.db.app_schema import Company
+    from bg_ops.defs.files.uploads import used_bytes
+
+    with session_scope(db_engine) as s:
+        s.add(Company(id=1, name="Acme", slug="acme", storage_quota_bytes=2500))
+    files = tmp_path / "files"
+    (files / "acme").mkdir(parents=True)
+    storage = LocalStorageResource(storage_dir=str(tmp_path / "cloud"))
+    for night in range(3):  # three nightly versions of the same 1000-byte file
+        (files / "acme" / "plan.bin").write_bytes(bytes([night]) * 1000)
+        with session_scope(db_engine) as s:
+            queue_upload(s, company_id=1, source_path="acme/plan.bin", dest_path="/acme/Project Backups/plan.bin",
+                         files_root=files, now=T0, on_conflict="overwrite")
+        assert drain_uploads(db_engine, storage, clock=Clock(T0), files_root=files).uploaded == 1
+    with db_engine.connect() as c:
+        assert used_bytes(c) == {1: 1000}
+
+
+def test_a_duplicate_row_from_the_platform_does_not_break_queueing(db_engine, tmp_path):
+    files = tmp_path / "files"
+    (files / "acme").mkdir(parents=True)
+    (files / "acme" / "a.txt").write_text("a")
+    with db_engine.begin() as c:
+        for _ in range(2):
+            c.execute(sa.text("INSERT INTO upload_queue (company_id, source_path, dest_path) "
+                              "VALUES (1, 'acme/a.txt', '/acme/Cores/a.txt')"))
+    with session_scope(db_engine) as s:
+        first = queue_upload(s, company_id=1, source_path="acme/a.txt", dest_path="/acme/Cores/a.txt",
+                             files_root=files, now=T0)
+    with db_engine.connect() as c:
+        assert first == c.execute(sa.select(sa.func.min(u.c.id))).scalar_one()
+
+
+def test_the_local_file_survives_when_recording_the_upload_fails(db_engine, tmp_path, monkeypatch):
+    from bg_ops.defs.files import uploads
+
+    files = tmp_path / "files"
+    (files / "acme").mkdir(parents=True)
+    (files / "acme" / "keep.pdf").write_bytes(b"%PDF-1.4 keep")
+    storage = LocalStorageResource(storage_dir=str(tmp_path / "cloud"))
+    with session_scope(db_engine) as s:
+        queue_upload(s, company_id=1, source_path="acme/keep.pdf", dest_path="/acme/Cores/keep.pdf",
+                     files_root=files, now=T0, delete_after_upload=True)
+    real_update = sa.update
+
+    def failing_update(table, *a, **kw):
+        if table is u:
+            raise sa.exc.OperationalError("UPDATE", {}, Exception("database went away"))
+        return real_update(table, *a, **kw)
+
+    monkeypatch.setattr(uploads.sa, "update", failing_update)
+    with pytest.raises(sa.exc.OperationalError):
+        drain_uploads(db_engine, storage, clock=Clock(T0), files_root=files)
+    assert (files / "acme" / "keep.pdf").exists()

@@ -95,6 +95,7 @@ def queue_upload(session: Session, *, company_id: int, source_path: str, dest_pa
     existing = session.execute(
         sa.select(u.c.id).where(u.c.company_id == company_id, u.c.source_path == source_path,
                                 u.c.dest_path == dest, u.c.status.in_(("queued", "failed", "uploading")))
+        .order_by(u.c.id).limit(1)
     ).scalar_one_or_none()
     if existing is not None:
         return int(existing)
@@ -108,7 +109,7 @@ def queue_upload(session: Session, *, company_id: int, source_path: str, dest_pa
 def due_condition(now: datetime):
     return sa.or_(
         sa.and_(u.c.status.in_(("queued", "failed")), sa.or_(u.c.next_attempt_at.is_(None), u.c.next_attempt_at <= now)),
-        sa.and_(u.c.status == "uploading", u.c.locked_until < now),
+        sa.and_(u.c.status == "uploading", sa.or_(u.c.locked_until.is_(None), u.c.locked_until < now)),
     )
 
 
@@ -149,16 +150,28 @@ class _Outcome:
     content_hash: str | None = None
     cloud_path: str | None = None
     rev: str | None = None
+    delete_local: Path | None = None  # removed only once the upload is recorded
+
+
+def used_bytes(conn: sa.Connection, company_ids: set[int] | None = None) -> dict[int, int]:
+    """Bytes each tenant keeps in the cloud: the latest upload per cloud path (an overwritten
+    backup replaces its earlier version, it does not add to it)."""
+    latest = sa.select(sa.func.max(u.c.id).label("id")).where(u.c.status == "uploaded")
+    if company_ids is not None:
+        latest = latest.where(u.c.company_id.in_(company_ids))
+    latest = latest.group_by(u.c.company_id, sa.func.coalesce(u.c.cloud_path, u.c.dest_path)).subquery()
+    rows = conn.execute(
+        sa.select(u.c.company_id, sa.func.coalesce(sa.func.sum(u.c.size_bytes), 0))
+        .join(latest, latest.c.id == u.c.id).group_by(u.c.company_id)
+    ).all()
+    return {int(cid): int(total) for cid, total in rows}
 
 
 def _quota_left(engine: sa.Engine, company_ids: set[int]) -> dict[int, int | None]:
     """Bytes each tenant may still upload (None: no quota)."""
     with engine.connect() as conn:
         quotas = dict(conn.execute(sa.select(Company.id, Company.storage_quota_bytes).where(Company.id.in_(company_ids))).all())
-        used = dict(conn.execute(
-            sa.select(u.c.company_id, sa.func.coalesce(sa.func.sum(u.c.size_bytes), 0))
-            .where(u.c.company_id.in_(company_ids), u.c.status == "uploaded").group_by(u.c.company_id)
-        ).all())
+        used = used_bytes(conn, company_ids)
     return {cid: (None if quotas.get(cid) is None else int(quotas[cid]) - int(used.get(cid, 0))) for cid in company_ids}
 
 
@@ -191,12 +204,8 @@ def upload_one(row, storage: CloudStorageResource, *, files_root: Path, policy: 
         return _Outcome(status="retry", error="content hash in the cloud differs from the local file", **base)
     if left is not None:
         quota_left[row.company_id] = left - size
-    if row.delete_after_upload:
-        try:
-            local.unlink()
-        except OSError as exc:
-            log.warning("uploaded #%s but could not delete the local file: %s", row.id, exc.strerror or exc)
-    return _Outcome(status="uploaded", size=size, content_hash=local_hash, cloud_path=entry.path, rev=entry.rev, **base)
+    return _Outcome(status="uploaded", size=size, content_hash=local_hash, cloud_path=entry.path, rev=entry.rev,
+                    delete_local=local if row.delete_after_upload else None, **base)
 
 
 def backoff_seconds(attempts: int, policy: UploadPolicy, rng: random.Random) -> float:
@@ -243,6 +252,14 @@ def record_outcomes(engine: sa.Engine, outcomes: list[_Outcome], *, now: datetim
         if canceled:
             conn.execute(sa.update(u).where(u.c.id == sa.bindparam("o_id"), u.c.status == "uploading").values(
                 status="canceled", last_error=sa.bindparam("o_error"), next_attempt_at=None, **common), canceled)
+    # Only now that 'uploaded' is committed may the local copy go: a crash before this point
+    # leaves a row that is retried against a file that is still there.
+    for o in outcomes:
+        if o.status == "uploaded" and o.delete_local is not None:
+            try:
+                o.delete_local.unlink()
+            except OSError as exc:
+                log.warning("uploaded #%s but could not delete the local file: %s", o.id, exc.strerror or exc)
     report.uploaded, report.retried = len(done), len(retries)
     report.canceled, report.waiting_for_quota = len(canceled), len(waiting)
     report.bytes_uploaded = sum(d["o_size"] or 0 for d in done)

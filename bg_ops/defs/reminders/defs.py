@@ -7,6 +7,7 @@ import dagster as dg
 from bg_ops.defs.email.enqueue import EnqueueError, MailSettings
 from bg_ops.defs.email.rendering import TemplateError
 from bg_ops.defs.reminders.engine import Rule, RuleContext, run_rule, send_digests
+from bg_ops.defs.reminders.recurring import generate_recurring_tasks_op
 from bg_ops.defs.reminders.rules import ALL_RULES
 from bg_ops.defs.tenants.defs import TENANT_PARTITIONS_NAME, tenant_partitions
 from bg_ops.defs.tenants.logic import Tenant, get_tenant, switched_off_services
@@ -63,6 +64,7 @@ def build_rule_op(rule: Rule) -> dg.OpDefinition:
         name=f"remind_{rule.name}",
         description=f"{rule.requirement} {rule.title}. {rule.description}",
         tags={"domain": "reminders", "rule": rule.name},
+        ins={"start_after": dg.In(dg.Nothing)},  # optional ordering (task_due waits for recurring tasks)
         out=dg.Out(dg.Nothing),
         retry_policy=TRANSIENT_RETRY,
     )
@@ -121,7 +123,11 @@ def send_reminder_digests(context: dg.OpExecutionContext, run: dict, database: D
 )
 def daily_reminders_job():
     run = reminder_day()
-    done = {f"after_{rule.name}": op(run) for rule, op in zip(ALL_RULES, RULE_OPS, strict=True)}
+    generated = generate_recurring_tasks_op(run)  # R13: today's instances exist before task_due reminds
+    done = {
+        f"after_{rule.name}": op(run, start_after=generated) if rule.name == "task_due" else op(run)
+        for rule, op in zip(ALL_RULES, RULE_OPS, strict=True)
+    }
     send_reminder_digests(run=run, **done)
 
 

@@ -60,7 +60,8 @@ class RuleContext:
     def setting(self, key: str, default: int) -> int:
         """A per-tenant threshold from ``companies.settings`` (``reminders.<key>``)."""
         value = self.tenant.settings.get(f"reminders.{key}", default)
-        return value if isinstance(value, int) and not isinstance(value, bool) else default
+        valid = isinstance(value, int) and not isinstance(value, bool) and value >= 0
+        return value if valid else default
 
 
 @dataclass(frozen=True)
@@ -144,13 +145,13 @@ def run_rule(
         result.switched_off = off
         return result
     dues = list(rule.find(session, ctx))
-    result.found = len(dues)
     if not dues:
         return result
     day = ctx.day.isoformat()
     keyed = {}
-    for due in dues:
+    for due in dues:  # one reminder per person, even when they hold two roles (PM and approver)
         keyed.setdefault((due.entity_id, due.recipient_id, due.period or day), due)
+    result.found = len(keyed)
     if dry_run:
         sent = set(
             session.execute(

@@ -27,7 +27,7 @@ def upgrade() -> None:
         sa.Column("rule", sa.String(64), nullable=False),
         sa.Column("entity_id", sa.BigInteger, nullable=False),
         sa.Column("recipient_id", sa.Integer, nullable=False),
-        sa.Column("period", sa.String(32), nullable=False),
+        sa.Column("period", sa.String(64), nullable=False),
         sa.Column("run_date", sa.String(10), nullable=False),
         sa.Column("email_id", sa.BigInteger),
         sa.Column("digest", sa.Boolean, nullable=False, server_default=sa.false()),
