@@ -36,91 +36,12 @@ def emails() -> None:
 # imported: importing bg_ops.cli.emails on its own (before bg_ops.cli.main) works too.
 from bg_ops.cli.main import EXIT_CONFIG, EXIT_ERROR, CliError, emit, json_option, settings_from  # noqa: E402
 
-STATUS_ORDER = ("pending", "sending", "sent", "failed", "canceled")
-SYSTEM_TENANT = "bg_ops"  # company_id 0: mail that belongs to no tenant (operator alerts)
-
-tenant_option = click.option(
-    "--tenant", "tenant", metavar="SLUG", default=None, help="Only this tenant (company slug); default: all tenants."
+from bg_ops.cli.common import (  # noqa: E402
+    age, company_id_for, engine_for, id_list, iso, now_utc, retry_report, short, table,
+    tenant_option, tenant_slugs,
 )
 
-
-# -- helpers ------------------------------------------------------------------------------
-
-
-def _now() -> datetime:
-    return datetime.now(UTC)
-
-
-def _engine(settings):
-    from bg_ops.db.engine import get_engine
-
-    return get_engine(settings.database_url)
-
-
-def _company_id(engine, slug: str | None) -> int | None:
-    """The company id for ``--tenant SLUG`` (None for all tenants); unknown slug: exit 2."""
-    if slug is None:
-        return None
-    import sqlalchemy as sa
-
-    from bg_ops.db.app_schema import Company
-
-    with engine.connect() as conn:
-        found = conn.execute(sa.select(Company.id).where(Company.slug == slug)).scalar_one_or_none()
-    if found is None:
-        raise CliError(f"--tenant {slug!r}: no tenant has that slug: see 'bg-ops tenants list'", EXIT_CONFIG)
-    return int(found)
-
-
-def _slugs(conn, company_ids) -> dict[int, str]:
-    import sqlalchemy as sa
-
-    from bg_ops.db.app_schema import Company
-
-    wanted = {int(c) for c in company_ids if c is not None}
-    out = {0: SYSTEM_TENANT} if 0 in wanted else {}
-    wanted.discard(0)
-    if wanted:
-        out.update(dict(conn.execute(sa.select(Company.id, Company.slug).where(Company.id.in_(wanted))).all()))
-    return out
-
-
-def _iso(value):
-    return value.isoformat() if isinstance(value, datetime) else value
-
-
-def _age(seconds: float | None) -> str:
-    if seconds is None:
-        return "-"
-    seconds = int(seconds)
-    if seconds < 60:
-        return f"{seconds}s"
-    if seconds < 3600:
-        return f"{seconds // 60}m {seconds % 60}s"
-    if seconds < 86400:
-        return f"{seconds // 3600}h {seconds % 3600 // 60}m"
-    return f"{seconds // 86400}d {seconds % 86400 // 3600}h"
-
-
-def _table(headers: list[str], rows: list[list[str]]) -> str:
-    """Columns padded to their widest cell; the last column is never padded."""
-    widths = [max(len(str(r[i])) for r in [headers, *rows]) for i in range(len(headers))]
-    lines = []
-    for row in [headers, *rows]:
-        cells = [str(c).ljust(widths[i]) if i < len(row) - 1 else str(c) for i, c in enumerate(row)]
-        lines.append("  ".join(cells).rstrip())
-    return "\n".join(lines)
-
-
-def _short(text: str | None, width: int) -> str:
-    text = " ".join((text or "").split())
-    return text if len(text) <= width else text[: width - 1] + "…"
-
-
-def _ids(ids) -> str:
-    return ", ".join(f"#{i}" for i in ids)
-
-
+STATUS_ORDER = ("pending", "sending", "sent", "failed", "canceled")
 def _json_object(value: str | None, option: str) -> dict:
     if value is None:
         return {}
@@ -176,17 +97,17 @@ def emails_stats(ctx: click.Context, tenant: str | None, as_json: bool) -> None:
     from bg_ops.defs.email import admin
 
     s = settings_from(ctx)
-    engine = _engine(s)
-    company_id = _company_id(engine, tenant)
+    engine = engine_for(s)
+    company_id = company_id_for(engine, tenant)
     with engine.connect() as conn:
-        figures = admin.stats(conn, now=_now(), company_id=company_id)
+        figures = admin.stats(conn, now=now_utc(), company_id=company_id)
     figures = {k: (int(v) if k in STATUS_ORDER else v) for k, v in figures.items()}
     rate = figures["error_rate_last_hour"]
     rows = [[status, str(figures[status])] for status in STATUS_ORDER]
     rows += [
         ["total", str(figures["queued"])],
         ["due now", str(figures["due_now"])],
-        ["oldest due", _age(figures["oldest_due_age_seconds"])],
+        ["oldest due", age(figures["oldest_due_age_seconds"])],
         ["sent (last hour)", str(figures["sent_last_hour"])],
         ["failed (last hour)", str(figures["failed_last_hour"])],
         ["error rate (last hour)", f"{rate:.1%}"],
@@ -221,11 +142,11 @@ def emails_failed(ctx: click.Context, limit: int, tenant: str | None, as_json: b
     from bg_ops.defs.email import admin
 
     s = settings_from(ctx)
-    engine = _engine(s)
-    company_id = _company_id(engine, tenant)
+    engine = engine_for(s)
+    company_id = company_id_for(engine, tenant)
     with engine.connect() as conn:
         items = admin.failed(conn, limit=limit, company_id=company_id)
-        slugs = _slugs(conn, {m.company_id for m in items})
+        slugs = tenant_slugs(conn, {m.company_id for m in items})
     data = [
         {
             "id": m.id,
@@ -235,7 +156,7 @@ def emails_failed(ctx: click.Context, limit: int, tenant: str | None, as_json: b
             "subject": m.subject,
             "attempts": m.attempts,
             "last_error": m.last_error,
-            "failed_at": _iso(m.failed_at),
+            "failed_at": iso(m.failed_at),
         }
         for m in items
     ]
@@ -245,10 +166,10 @@ def emails_failed(ctx: click.Context, limit: int, tenant: str | None, as_json: b
         rows = [
             [str(d["id"]), d["tenant"] or f"company {d['company_id']}",
              d["failed_at"][:19].replace("T", " ") if d["failed_at"] else "-", str(d["attempts"]),
-             ", ".join(d["to"]), _short(d["subject"], 40), d["last_error"] or "unknown error"]
+             ", ".join(d["to"]), short(d["subject"], 40), d["last_error"] or "unknown error"]
             for d in data
         ]
-        human = _table(["ID", "TENANT", "FAILED AT (UTC)", "TRIES", "TO", "SUBJECT", "ERROR"], rows)
+        human = table(["ID", "TENANT", "FAILED AT (UTC)", "TRIES", "TO", "SUBJECT", "ERROR"], rows)
         if len(data) == limit:
             human += f"\n(the {limit} most recent; --limit N for more)"
     emit(data, as_json, human)
@@ -279,22 +200,12 @@ def emails_retry(ctx: click.Context, ids: tuple[int, ...], all_failed: bool, ten
     if bool(ids) == all_failed:
         raise CliError("say which messages: give --id ID (repeatable) or --all-failed, not both", EXIT_CONFIG)
     s = settings_from(ctx)
-    engine = _engine(s)
-    company_id = _company_id(engine, tenant)
+    engine = engine_for(s)
+    company_id = company_id_for(engine, tenant)
     with engine.begin() as conn:
-        done = sorted(admin.retry(conn, now=_now(), ids=list(ids) or None, all_failed=all_failed,
+        done = sorted(admin.retry(conn, now=now_utc(), ids=list(ids) or None, all_failed=all_failed,
                                   company_id=company_id))
-    skipped = sorted(set(ids) - set(done))
-    data = {"retried": done, "count": len(done), "not_retried": skipped}
-    if done:
-        human = f"put {len(done)} message(s) back in the queue: {_ids(done)}"
-    elif all_failed:
-        human = "no failed mail" + (f" for tenant {tenant}" if tenant else "") + ": nothing to retry"
-    else:
-        human = "no message matched: nothing to retry"
-    if skipped:
-        human += (f"\nnot retried (unknown, not failed or canceled"
-                  + (f", or not of tenant {tenant}" if tenant else "") + f"): {_ids(skipped)}")
+    data, human = retry_report(done, ids, all_failed, tenant, "message", "no failed mail")
     emit(data, as_json, human)
 
 
@@ -316,13 +227,13 @@ def emails_cancel(ctx: click.Context, ids: tuple[int, ...], as_json: bool) -> No
     from bg_ops.defs.email import admin
 
     s = settings_from(ctx)
-    with _engine(s).begin() as conn:
-        done = sorted(admin.cancel(conn, now=_now(), ids=list(ids)))
+    with engine_for(s).begin() as conn:
+        done = sorted(admin.cancel(conn, now=now_utc(), ids=list(ids)))
     skipped = sorted(set(ids) - set(done))
     data = {"canceled": done, "count": len(done), "not_canceled": skipped}
-    human = f"canceled {len(done)} message(s)" + (f": {_ids(done)}" if done else "")
+    human = f"canceled {len(done)} message(s)" + (f": {id_list(done)}" if done else "")
     if skipped:
-        human += f"\nleft alone (unknown, already sent, being sent or canceled): {_ids(skipped)}"
+        human += f"\nleft alone (unknown, already sent, being sent or canceled): {id_list(skipped)}"
     emit(data, as_json, human)
 
 
@@ -359,7 +270,7 @@ def emails_drain(ctx: click.Context, batch_size: int, max_batches: int | None, a
     from bg_ops.util.masking import mask_emails
 
     s = settings_from(ctx)
-    engine = _engine(s)
+    engine = engine_for(s)
     mail = plain_resources(s)["mail"]
     settings = _mail_settings(s, mail)
     try:
@@ -372,19 +283,19 @@ def emails_drain(ctx: click.Context, batch_size: int, max_batches: int | None, a
         raise CliError(f"cannot reach the mail backend ({mail.describe()}): {exc}{hint}", EXIT_ERROR) from None
 
     with engine.connect() as conn:
-        due = count_due(conn, _now())
+        due = count_due(conn, now_utc())
     policy = DeliveryPolicy(batch_size=batch_size, time_budget_seconds=math.inf)
     bar = tqdm(total=due, desc="sending", unit="msg", file=sys.stderr, disable=None, leave=False)
     try:
         report = deliver_due(
-            engine, mail, clock=_now, settings=settings, policy=policy, max_batches=max_batches,
+            engine, mail, clock=now_utc, settings=settings, policy=policy, max_batches=max_batches,
             on_batch=lambda b: bar.update(b.sent + b.retried + b.failed),
         )
     finally:
         bar.close()
     admins = list(mail.admin_emails)
     with session_scope(engine) as session:
-        alert_id = admin.alert_failed(session, now=_now(), settings=settings, admin_emails=admins)
+        alert_id = admin.alert_failed(session, now=now_utc(), settings=settings, admin_emails=admins)
 
     data = {
         **report.as_metadata(),
@@ -397,7 +308,7 @@ def emails_drain(ctx: click.Context, batch_size: int, max_batches: int | None, a
         f"in {report.batches} batch(es) ({report.stopped_because or 'done'})"
     )
     if report.failed_ids:
-        human += f"\nfailed for good: {_ids(sorted(report.failed_ids))} (see bg-ops emails failed)"
+        human += f"\nfailed for good: {id_list(sorted(report.failed_ids))} (see bg-ops emails failed)"
     if alert_id is not None:
         human += f"\nadmin alert #{alert_id} queued for {mask_emails(admins)}"
     if report.failed and not admins:
@@ -428,8 +339,8 @@ def emails_cleanup(ctx: click.Context, days: int, as_json: bool) -> None:
     from bg_ops.defs.email import admin
 
     s = settings_from(ctx)
-    now = _now()
-    with _engine(s).begin() as conn:
+    now = now_utc()
+    with engine_for(s).begin() as conn:
         deleted = admin.cleanup(conn, now=now, older_than_days=days)
     cutoff = now - timedelta(days=days)
     data = {"deleted": deleted, "older_than_days": days, "cutoff": cutoff.isoformat()}
@@ -465,12 +376,12 @@ def emails_show(ctx: click.Context, message_id: int, as_json: bool) -> None:
     from bg_ops.defs.email import admin
 
     s = settings_from(ctx)
-    with _engine(s).connect() as conn:
+    with engine_for(s).connect() as conn:
         row = admin.show(conn, message_id)
         if row is None:
             raise CliError(f"no email with id {message_id}: see 'bg-ops emails failed' or 'bg-ops emails stats'")
-        tenant = _slugs(conn, {row["company_id"]}).get(row["company_id"])
-    data = {k: _iso(v) for k, v in row.items()}
+        tenant = tenant_slugs(conn, {row["company_id"]}).get(row["company_id"])
+    data = {k: iso(v) for k, v in row.items()}
     data["tenant"] = tenant
     keys = [k for k in _SHOW_ORDER if k in data] + sorted(k for k in data if k not in _SHOW_ORDER)
     width = max(len(k) for k in keys)
@@ -541,8 +452,8 @@ def emails_enqueue(ctx: click.Context, tenant: str, to, cc, bcc, reply_to, subje
         raise CliError("no recipients: give --to ADDR (or --cc/--bcc)", EXIT_CONFIG)
     context = _json_object(context_json, "--context")
     s = settings_from(ctx)
-    engine = _engine(s)
-    company_id = _company_id(engine, tenant)
+    engine = engine_for(s)
+    company_id = company_id_for(engine, tenant)
     email = Email(
         company_id=company_id, to=list(to), cc=list(cc), bcc=list(bcc), reply_to=reply_to, subject=subject,
         text=text, html=html, template=template, context=context if template else None,
@@ -552,12 +463,12 @@ def emails_enqueue(ctx: click.Context, tenant: str, to, cc, bcc, reply_to, subje
     settings = MailSettings(mail_from=s.mail_from, files_root=s.files_root)
     try:
         with session_scope(engine) as session:
-            result = enqueue(session, email, now=_now(), settings=settings)
+            result = enqueue(session, email, now=now_utc(), settings=settings)
     except EnqueueError as exc:
         raise CliError(str(exc).splitlines()[0], EXIT_ERROR) from None
     recipients = len(to) + len(cc) + len(bcc)
     data = {"id": result.id, "created": result.created, "tenant": tenant,
-            "send_after": _iso(send_after), "priority": priority}
+            "send_after": iso(send_after), "priority": priority}
     if result.created:
         human = (f"queued email #{result.id} for tenant {tenant} ({recipients} recipient(s), {priority} priority"
                  + (f", not before {send_after:%Y-%m-%d %H:%M} UTC" if send_after else "") + ")")
@@ -593,10 +504,10 @@ def emails_preview(ctx: click.Context, name: str, tenant: str | None, context_js
 
     context = _json_object(context_json, "--context")
     s = settings_from(ctx)
-    engine = _engine(s)
+    engine = engine_for(s)
     company_name, slug = SYSTEM_NAME, ""
     if tenant is not None:
-        company_id = _company_id(engine, tenant)
+        company_id = company_id_for(engine, tenant)
         with engine.connect() as conn:
             company_name = conn.execute(sa.select(Company.name).where(Company.id == company_id)).scalar_one()
         slug = tenant

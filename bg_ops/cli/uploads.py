@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import math
 import sys
-from datetime import UTC, datetime
 
 import click
 
@@ -32,25 +31,13 @@ def uploads() -> None:
 
 # main.py imports this module to register the group, so the group is defined before main is
 # imported: importing bg_ops.cli.uploads on its own (before bg_ops.cli.main) works too.
-from bg_ops.cli.emails import _age, _company_id, _engine, _ids, _iso, _short, _table, tenant_option  # noqa: E402
+from bg_ops.cli.common import (  # noqa: E402
+    age, company_id_for, engine_for, id_list, iso, now_utc, retry_report, short, table, tenant_option,
+    tenant_slugs,
+)
 from bg_ops.cli.main import EXIT_CONFIG, EXIT_ERROR, CliError, emit, json_option, settings_from  # noqa: E402
 
 STATUS_ORDER = ("queued", "uploading", "uploaded", "failed", "canceled")
-
-
-def _now() -> datetime:
-    return datetime.now(UTC)
-
-
-def _slugs(conn, company_ids) -> dict[int, str]:
-    import sqlalchemy as sa
-
-    from bg_ops.db.app_schema import Company
-
-    wanted = {int(c) for c in company_ids if c is not None}
-    if not wanted:
-        return {}
-    return dict(conn.execute(sa.select(Company.id, Company.slug).where(Company.id.in_(wanted))).all())
 
 
 def _bytes(n) -> str:
@@ -82,16 +69,16 @@ def uploads_stats(ctx: click.Context, tenant: str | None, as_json: bool) -> None
     from bg_ops.defs.files import admin
 
     s = settings_from(ctx)
-    engine = _engine(s)
-    company_id = _company_id(engine, tenant)
+    engine = engine_for(s)
+    company_id = company_id_for(engine, tenant)
     with engine.connect() as conn:
-        figures = admin.stats(conn, now=_now(), company_id=company_id)
+        figures = admin.stats(conn, now=now_utc(), company_id=company_id)
     rate = figures["failure_rate_last_hour"]
     rows = [[status, str(figures[status])] for status in STATUS_ORDER]
     rows += [
         ["total", str(figures["total"])],
         ["due now", str(figures["due_now"])],
-        ["oldest due", _age(figures["oldest_due_age_seconds"])],
+        ["oldest due", age(figures["oldest_due_age_seconds"])],
         ["uploading past lease", str(figures["uploading_past_lease"])],
         ["waiting for quota", str(figures["waiting_for_quota"])],
         ["uploaded (last hour)", str(figures["uploaded_last_hour"])],
@@ -131,11 +118,11 @@ def uploads_failed(ctx: click.Context, limit: int, tenant: str | None, as_json: 
     from bg_ops.defs.files import admin
 
     s = settings_from(ctx)
-    engine = _engine(s)
-    company_id = _company_id(engine, tenant)
+    engine = engine_for(s)
+    company_id = company_id_for(engine, tenant)
     with engine.connect() as conn:
         items = admin.failed(conn, limit=limit, company_id=company_id)
-        slugs = _slugs(conn, {f.company_id for f in items})
+        slugs = tenant_slugs(conn, {f.company_id for f in items})
     data = [
         {
             "id": f.id,
@@ -146,8 +133,8 @@ def uploads_failed(ctx: click.Context, limit: int, tenant: str | None, as_json: 
             "dest_path": f.dest_path,
             "attempts": f.attempts,
             "last_error": f.last_error,
-            "updated_at": _iso(f.updated_at),
-            "next_attempt_at": _iso(f.next_attempt_at),
+            "updated_at": iso(f.updated_at),
+            "next_attempt_at": iso(f.next_attempt_at),
         }
         for f in items
     ]
@@ -157,10 +144,10 @@ def uploads_failed(ctx: click.Context, limit: int, tenant: str | None, as_json: 
         rows = [
             [str(d["id"]), d["tenant"] or f"company {d['company_id']}", d["status"],
              d["updated_at"][:19].replace("T", " ") if d["updated_at"] else "-", str(d["attempts"]),
-             _short(d["source_path"], 40), d["last_error"] or "unknown error"]
+             short(d["source_path"], 40), d["last_error"] or "unknown error"]
             for d in data
         ]
-        human = _table(["ID", "TENANT", "STATUS", "SINCE (UTC)", "TRIES", "SOURCE", "ERROR"], rows)
+        human = table(["ID", "TENANT", "STATUS", "SINCE (UTC)", "TRIES", "SOURCE", "ERROR"], rows)
         if len(data) == limit:
             human += f"\n(the {limit} most recent; --limit N for more)"
     emit(data, as_json, human)
@@ -192,22 +179,12 @@ def uploads_retry(ctx: click.Context, ids: tuple[int, ...], all_failed: bool, te
     if bool(ids) == all_failed:
         raise CliError("say which uploads: give --id ID (repeatable) or --all-failed, not both", EXIT_CONFIG)
     s = settings_from(ctx)
-    engine = _engine(s)
-    company_id = _company_id(engine, tenant)
+    engine = engine_for(s)
+    company_id = company_id_for(engine, tenant)
     with engine.begin() as conn:
-        done = sorted(admin.retry(conn, now=_now(), ids=list(ids) or None, all_failed=all_failed,
+        done = sorted(admin.retry(conn, now=now_utc(), ids=list(ids) or None, all_failed=all_failed,
                                   company_id=company_id))
-    skipped = sorted(set(ids) - set(done))
-    data = {"retried": done, "count": len(done), "not_retried": skipped}
-    if done:
-        human = f"put {len(done)} upload(s) back in the queue: {_ids(done)}"
-    elif all_failed:
-        human = "no failed or canceled uploads" + (f" for tenant {tenant}" if tenant else "") + ": nothing to retry"
-    else:
-        human = "no upload matched: nothing to retry"
-    if skipped:
-        human += (f"\nnot retried (unknown, not failed or canceled"
-                  + (f", or not of tenant {tenant}" if tenant else "") + f"): {_ids(skipped)}")
+    data, human = retry_report(done, ids, all_failed, tenant, "upload", "no failed or canceled uploads")
     emit(data, as_json, human)
 
 
@@ -253,7 +230,7 @@ def uploads_drain(ctx: click.Context, batch_size: int, max_batches: int | None, 
     from bg_ops.resources.storage import StorageError
 
     s = settings_from(ctx)
-    engine = _engine(s)
+    engine = engine_for(s)
     storage = plain_resources(s)["storage"]
     try:
         storage.check_connection()
@@ -263,12 +240,12 @@ def uploads_drain(ctx: click.Context, batch_size: int, max_batches: int | None, 
                        EXIT_ERROR) from None
 
     with engine.connect() as conn:
-        due = count_due(conn, _now())
+        due = count_due(conn, now_utc())
     policy = UploadPolicy(batch_size=batch_size, time_budget_seconds=math.inf)
     bar = tqdm(total=due, desc="uploading", unit="file", file=sys.stderr, disable=None, leave=False)
     try:
         report = drain_uploads(
-            engine, storage, clock=_now, files_root=s.files_root, policy=policy,
+            engine, storage, clock=now_utc, files_root=s.files_root, policy=policy,
             worker_id=f"cli:{socket.gethostname()}", max_batches=max_batches,
             on_batch=lambda b: bar.update(b.uploaded + b.retried + b.canceled + b.waiting_for_quota),
         )
@@ -286,7 +263,7 @@ def uploads_drain(ctx: click.Context, batch_size: int, max_batches: int | None, 
         f"in {report.batches} batch(es) ({report.stopped_because or 'done'})"
     )
     if report.canceled_ids:
-        human += f"\ncanceled: {_ids(sorted(report.canceled_ids))} (see bg-ops uploads failed)"
+        human += f"\ncanceled: {id_list(sorted(report.canceled_ids))} (see bg-ops uploads failed)"
     emit(data, as_json, human)
 
 
@@ -315,11 +292,11 @@ def uploads_show(ctx: click.Context, upload_id: int, as_json: bool) -> None:
     from bg_ops.defs.files import admin
 
     s = settings_from(ctx)
-    with _engine(s).connect() as conn:
+    with engine_for(s).connect() as conn:
         row = admin.show(conn, upload_id)
     if row is None:
         raise CliError(f"no upload with id {upload_id}: see 'bg-ops uploads failed' or 'bg-ops uploads stats'")
-    data = {k: _iso(v) for k, v in row.items()}
+    data = {k: iso(v) for k, v in row.items()}
     keys = [k for k in _SHOW_ORDER if k in data] + sorted(k for k in data if k not in _SHOW_ORDER)
     width = max(len(k) for k in keys)
     lines = []
