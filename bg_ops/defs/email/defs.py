@@ -8,6 +8,7 @@ import dagster as dg
 from bg_ops.defs.email import admin
 from bg_ops.defs.email.delivery import DeliveryPolicy, count_due, deliver_due
 from bg_ops.defs.email.enqueue import MailSettings
+from bg_ops.defs.queue_workers import worker_run_request
 from bg_ops.resources.database import DatabaseResource
 from bg_ops.resources.files import FilesResource
 from bg_ops.resources.mail import MailResource
@@ -17,10 +18,6 @@ JOB_NAME = "send_due_emails_job"
 STUCK_AFTER_SECONDS = 15 * 60
 FAILURE_RATE_WARN = 0.2
 FAILURE_RATE_MIN_VOLUME = 10
-ACTIVE_RUN_STATUSES = [
-    dg.DagsterRunStatus.QUEUED, dg.DagsterRunStatus.NOT_STARTED, dg.DagsterRunStatus.STARTING,
-    dg.DagsterRunStatus.STARTED,
-]
 
 
 class SendDueEmailsConfig(dg.Config):
@@ -98,16 +95,11 @@ def send_due_emails_job():
 
 
 def _delivery_request(context, database: DatabaseResource, now: datetime) -> dg.RunRequest | dg.SkipReason:
-    active = context.instance.get_runs(
-        filters=dg.RunsFilter(job_name=JOB_NAME, statuses=ACTIVE_RUN_STATUSES), limit=1
-    )
-    if active:
-        return dg.SkipReason(f"delivery run {active[0].run_id[:8]} is still going")
-    with database.engine.connect() as conn:
-        due = count_due(conn, now)
-    if not due:
-        return dg.SkipReason("no mail is due")
-    return dg.RunRequest(run_key=f"email-delivery-{now.strftime('%Y%m%dT%H%M%S')}", tags={"due_at_request": str(due)})
+    def due() -> int:
+        with database.engine.connect() as conn:
+            return count_due(conn, now)
+
+    return worker_run_request(context, job_name=JOB_NAME, count_due=due, now=now, what="mail delivery")
 
 
 @dg.sensor(

@@ -9,6 +9,7 @@ import dagster as dg
 from bg_ops.defs.files.backup import scan_and_queue
 from bg_ops.defs.files.layout import ensure_tenant_folders
 from bg_ops.defs.files.uploads import UploadPolicy, count_due, drain_uploads
+from bg_ops.defs.queue_workers import worker_run_request
 from bg_ops.defs.tenants.defs import TENANT_PARTITIONS_NAME, tenant_partitions
 from bg_ops.defs.tenants.logic import active_tenants, get_tenant, switched_off_services
 from bg_ops.resources.database import DatabaseResource
@@ -17,8 +18,6 @@ from bg_ops.resources.storage import CloudStorageResource
 
 UPLOAD_JOB = "upload_files_job"
 BACKUP_LOCAL_HOUR = 2
-ACTIVE = [dg.DagsterRunStatus.QUEUED, dg.DagsterRunStatus.NOT_STARTED, dg.DagsterRunStatus.STARTING,
-          dg.DagsterRunStatus.STARTED]
 
 
 def _now() -> datetime:
@@ -68,14 +67,11 @@ def upload_files_job():
 
 
 def _upload_request(context, database: DatabaseResource, now: datetime):
-    active = context.instance.get_runs(filters=dg.RunsFilter(job_name=UPLOAD_JOB, statuses=ACTIVE), limit=1)
-    if active:
-        return dg.SkipReason(f"upload run {active[0].run_id[:8]} is still going")
-    with database.engine.connect() as conn:
-        due = count_due(conn, now)
-    if not due:
-        return dg.SkipReason("no upload is due")
-    return dg.RunRequest(run_key=f"uploads-{now.strftime('%Y%m%dT%H%M%S')}", tags={"due_at_request": str(due)})
+    def due() -> int:
+        with database.engine.connect() as conn:
+            return count_due(conn, now)
+
+    return worker_run_request(context, job_name=UPLOAD_JOB, count_due=due, now=now, what="upload")
 
 
 @dg.sensor(
