@@ -21,7 +21,6 @@ event loop, because ``Controller(port=0)`` does not work (ENVIRONMENT.md, SMTP).
 from __future__ import annotations
 
 import asyncio
-import ipaddress
 import itertools
 import shutil
 import socket
@@ -32,7 +31,6 @@ import threading
 from collections import deque
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
 from email import policy
 from email.message import EmailMessage
 from email.parser import BytesParser
@@ -41,6 +39,7 @@ from typing import Any, Literal
 
 from aiosmtpd.controller import Controller
 from aiosmtpd.smtp import SMTP, AuthResult, LoginPassword
+from bg_ops_tests.support.tls import make_self_signed_cert
 
 Stage = Literal["mail", "rcpt", "data"]
 TlsMode = Literal["none", "starttls", "ssl"]
@@ -236,7 +235,7 @@ class FakeSmtpServer:
         server_ctx: ssl.SSLContext | None = None
         if self.tls != "none":
             self._tmpdir = Path(tempfile.mkdtemp(prefix="fake-smtp-"))
-            cert, key = _make_self_signed_cert(self._tmpdir)
+            cert, key = make_self_signed_cert(self._tmpdir, "fake-smtp")
             self.cert_path, self.key_path = str(cert), str(key)
             server_ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
             server_ctx.load_cert_chain(cert, key)
@@ -524,59 +523,3 @@ def _check_stage(stage: str) -> Stage:
     return stage  # type: ignore[return-value]
 
 
-def _make_self_signed_cert(folder: Path) -> tuple[Path, Path]:
-    """A self-signed certificate for localhost / 127.0.0.1, usable as its own CA file."""
-    from cryptography import x509
-    from cryptography.hazmat.primitives import hashes, serialization
-    from cryptography.hazmat.primitives.asymmetric import ec
-    from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
-
-    key = ec.generate_private_key(ec.SECP256R1())
-    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "localhost")])
-    now = datetime.now(UTC)
-    ski = x509.SubjectKeyIdentifier.from_public_key(key.public_key())
-    cert = (
-        x509.CertificateBuilder()
-        .subject_name(name)
-        .issuer_name(name)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - timedelta(minutes=5))
-        .not_valid_after(now + timedelta(days=2))
-        .add_extension(
-            x509.SubjectAlternativeName(
-                [x509.DNSName("localhost"), x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]
-            ),
-            critical=False,
-        )
-        .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
-        .add_extension(
-            x509.KeyUsage(
-                digital_signature=True,
-                content_commitment=False,
-                key_encipherment=False,
-                data_encipherment=False,
-                key_agreement=False,
-                key_cert_sign=False,
-                crl_sign=False,
-                encipher_only=False,
-                decipher_only=False,
-            ),
-            critical=True,
-        )
-        .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]), critical=False)
-        .add_extension(ski, critical=False)
-        .add_extension(x509.AuthorityKeyIdentifier.from_issuer_subject_key_identifier(ski), critical=False)
-        .sign(key, hashes.SHA256())
-    )
-    cert_path = folder / "cert.pem"
-    key_path = folder / "key.pem"
-    cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-    key_path.write_bytes(
-        key.private_bytes(
-            serialization.Encoding.PEM,
-            serialization.PrivateFormat.PKCS8,
-            serialization.NoEncryption(),
-        )
-    )
-    return cert_path, key_path
