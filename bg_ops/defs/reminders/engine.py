@@ -171,10 +171,41 @@ def run_rule(
         result.already_sent = sum(1 for p in result.preview if p["already_sent"])
         return result
 
-    digest = bool(ctx.tenant.settings.get("digest"))
+    delivered = deliver_reminders(
+        session, tenant=ctx.tenant, rule=rule.name, template=rule.template, title=rule.title,
+        entity_type=rule.entity_type, priority=rule.priority, kind=rule.kind, keyed=keyed, run_date=day,
+        now=ctx.now, mail_settings=mail_settings, send_at=lambda due: send_time(ctx, due.timezone),
+        digest=bool(ctx.tenant.settings.get("digest")),
+    )
+    result.enqueued, result.digested, result.already_sent = delivered
+    return result
+
+
+def deliver_reminders(
+    session: Session,
+    *,
+    tenant: Tenant,
+    rule: str,
+    template: str,
+    title: str,
+    entity_type: str,
+    priority: str,
+    kind: str,
+    keyed: dict[tuple[int, int, str], Due],
+    run_date: str,
+    now: datetime,
+    mail_settings: MailSettings,
+    send_at: Callable[[Due], datetime],
+    digest: bool,
+) -> tuple[int, int, int]:
+    """Log, mail and notify the reminders not sent before; return (enqueued, digested, already sent).
+
+    ``keyed`` maps (entity, recipient, period) to its ``Due``. The ``reminder_log`` insert with
+    ON CONFLICT DO NOTHING decides which are new (R14); only those are mailed — now or for the
+    digest — and get an in-app notification. Runs in the caller's transaction."""
     rows = [
-        {"company_id": ctx.tenant.id, "rule": rule.name, "entity_id": e, "recipient_id": r, "period": p,
-         "run_date": day, "digest": digest, "created_at": ctx.now}
+        {"company_id": tenant.id, "rule": rule, "entity_id": e, "recipient_id": r, "period": p,
+         "run_date": run_date, "digest": digest, "created_at": now}
         for (e, r, p) in keyed
     ]
     inserted = session.execute(
@@ -183,45 +214,46 @@ def run_rule(
         ),
         rows,
     ).all()
-    result.already_sent = len(keyed) - len(inserted)
+    already_sent = len(keyed) - len(inserted)
     if not inserted:
-        return result
+        return 0, 0, already_sent
 
     new = [(row.id, keyed[(row.entity_id, row.recipient_id, row.period)], row.period) for row in inserted]
+    enqueued = digested = 0
     if digest:
         # The digest mail lists one line per reminder: keep each reminder's subject for it.
         for log_id, due, _period in new:
-            subject = render(rule.template, {**due.context, "recipient_name": due.name},
-                             company_name=ctx.tenant.name, company_slug=ctx.tenant.slug).subject
+            subject = render(template, {**due.context, "recipient_name": due.name},
+                             company_name=tenant.name, company_slug=tenant.slug).subject
             session.execute(sa.update(reminder_log).where(reminder_log.c.id == log_id).values(subject=subject))
-        result.digested = len(new)
+        digested = len(new)
     else:
         emails = [
             Email(
-                company_id=ctx.tenant.id, to=[due.email], template=rule.template,
-                context={**due.context, "recipient_name": due.name}, priority=rule.priority, kind=rule.kind,
-                send_after=send_time(ctx, due.timezone),
-                idempotency_key=f"reminder:{ctx.tenant.id}:{rule.name}:{due.entity_id}:{due.recipient_id}:{period}",
+                company_id=tenant.id, to=[due.email], template=template,
+                context={**due.context, "recipient_name": due.name}, priority=priority, kind=kind,
+                send_after=send_at(due),
+                idempotency_key=f"reminder:{tenant.id}:{rule}:{due.entity_id}:{due.recipient_id}:{period}",
             )
             for _log_id, due, period in new
         ]
-        queued = enqueue_many(session, emails, now=ctx.now, settings=mail_settings)
+        queued = enqueue_many(session, emails, now=now, settings=mail_settings)
         session.execute(
             sa.update(reminder_log).where(reminder_log.c.id == sa.bindparam("l_id")).values(email_id=sa.bindparam("l_email")),
             [{"l_id": log_id, "l_email": q.id} for (log_id, _, _), q in zip(new, queued, strict=True)],
         )
-        result.enqueued = len(queued)
+        enqueued = len(queued)
     session.execute(
         sa.insert(notifications),
         [
-            {"company_id": ctx.tenant.id, "user_id": due.recipient_id, "kind": rule.name,
-             "entity_type": rule.entity_type, "entity_id": due.entity_id,
-             "title": due.context.get("headline") or rule.title, "body": due.context.get("summary"),
-             "created_at": ctx.now}
+            {"company_id": tenant.id, "user_id": due.recipient_id, "kind": rule,
+             "entity_type": entity_type, "entity_id": due.entity_id,
+             "title": due.context.get("headline") or title, "body": due.context.get("summary"),
+             "created_at": now}
             for _log_id, due, _period in new
         ],
     )
-    return result
+    return enqueued, digested, already_sent
 
 
 def send_digests(session: Session, ctx: RuleContext, *, mail_settings: MailSettings) -> int:

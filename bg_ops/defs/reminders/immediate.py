@@ -12,12 +12,10 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import datetime
 
-import sqlalchemy as sa
 from sqlalchemy.orm import Session
 
-from bg_ops.db.own_schema import notifications, reminder_log
-from bg_ops.defs.email.enqueue import Email, MailSettings, enqueue_many
-from bg_ops.defs.reminders.engine import Due
+from bg_ops.defs.email.enqueue import MailSettings
+from bg_ops.defs.reminders.engine import Due, deliver_reminders
 from bg_ops.defs.tenants.logic import Tenant, switched_off_by
 
 
@@ -52,16 +50,6 @@ class NoticeResult:
                 "switched_off": self.switched_off or "no"}
 
 
-def _log_insert(session: Session):
-    if session.get_bind().dialect.name == "postgresql":
-        from sqlalchemy.dialects.postgresql import insert
-    else:
-        from sqlalchemy.dialects.sqlite import insert
-    return insert(reminder_log).on_conflict_do_nothing(
-        index_elements=["company_id", "rule", "entity_id", "recipient_id", "period"]
-    )
-
-
 def notify_now(
     session: Session, notice: Notice, tenant: Tenant, dues: Iterable[Due], *, now: datetime,
     mail_settings: MailSettings, globally_off: frozenset[str] = frozenset(),
@@ -82,33 +70,10 @@ def notify_now(
     result.found = len(keyed)
     if not keyed:
         return result
-    run_date = now.astimezone(tenant.zone).date().isoformat()
-    inserted = session.execute(
-        _log_insert(session).returning(
-            reminder_log.c.id, reminder_log.c.entity_id, reminder_log.c.recipient_id, reminder_log.c.period),
-        [{"company_id": tenant.id, "rule": notice.rule, "entity_id": e, "recipient_id": r, "period": p,
-          "run_date": run_date, "digest": False, "created_at": now} for (e, r, p) in keyed],
-    ).all()
-    result.already_sent = len(keyed) - len(inserted)
-    if not inserted:
-        return result
-    new = [(row.id, keyed[(row.entity_id, row.recipient_id, row.period)]) for row in inserted]
-    queued = enqueue_many(session, [
-        Email(company_id=tenant.id, to=[due.email], template=notice.template,
-              context={**due.context, "recipient_name": due.name}, priority=notice.priority, kind=notice.kind,
-              send_after=now,
-              idempotency_key=f"reminder:{tenant.id}:{notice.rule}:{due.entity_id}:{due.recipient_id}:{due.period}")
-        for _log_id, due in new
-    ], now=now, settings=mail_settings)
-    session.execute(
-        sa.update(reminder_log).where(reminder_log.c.id == sa.bindparam("l_id")).values(email_id=sa.bindparam("l_email")),
-        [{"l_id": log_id, "l_email": q.id} for (log_id, _), q in zip(new, queued, strict=True)],
+    result.enqueued, _digested, result.already_sent = deliver_reminders(
+        session, tenant=tenant, rule=notice.rule, template=notice.template, title=notice.title,
+        entity_type=notice.entity_type, priority=notice.priority, kind=notice.kind, keyed=keyed,
+        run_date=now.astimezone(tenant.zone).date().isoformat(), now=now, mail_settings=mail_settings,
+        send_at=lambda _due: now, digest=False,
     )
-    session.execute(sa.insert(notifications), [
-        {"company_id": tenant.id, "user_id": due.recipient_id, "kind": notice.rule, "entity_type": notice.entity_type,
-         "entity_id": due.entity_id, "title": due.context.get("headline") or notice.title,
-         "body": due.context.get("summary"), "created_at": now}
-        for _log_id, due in new
-    ])
-    result.enqueued = len(queued)
     return result
