@@ -34,9 +34,13 @@ ENV_VARS = (
     "DROPBOX_APP_SECRET",
     "DROPBOX_REFRESH_TOKEN",
     "DROPBOX_ACCESS_TOKEN",
+    "BG_OPS_PAYMENT_SIGNING_SECRET",
+    "BG_OPS_PAYMENT_SIGNING_SECRET_NEXT",
+    "BG_OPS_INTAKE_MAX_BODY_BYTES",
 )
 SECRET_VARS = frozenset(
-    {"BG_OPS_SMTP_PASSWORD", "DROPBOX_APP_SECRET", "DROPBOX_REFRESH_TOKEN", "DROPBOX_ACCESS_TOKEN"}
+    {"BG_OPS_SMTP_PASSWORD", "DROPBOX_APP_SECRET", "DROPBOX_REFRESH_TOKEN", "DROPBOX_ACCESS_TOKEN",
+     "BG_OPS_PAYMENT_SIGNING_SECRET", "BG_OPS_PAYMENT_SIGNING_SECRET_NEXT"}
 )
 
 MAIL_BACKENDS = ("outbox", "smtp")
@@ -44,6 +48,8 @@ STORAGE_BACKENDS = ("local", "dropbox")
 SMTP_SECURITIES = ("none", "starttls", "ssl")
 DEFAULT_SMTP_PORTS = {"none": 25, "starttls": 587, "ssl": 465}
 DEFAULT_HOME_DIRNAME = ".bg_ops"
+DEFAULT_INTAKE_MAX_BODY_BYTES = 1024 * 1024  # payment webhooks are a few KiB
+INTAKE_BODY_LIMITS = (1024, 64 * 1024 * 1024)
 
 _ADDRESS_RE = re.compile(r"^[^@\s<>(),;:\"\[\]]+@[A-Za-z0-9](?:[A-Za-z0-9\-]*[A-Za-z0-9])?(?:\.[A-Za-z0-9](?:[A-Za-z0-9\-]*[A-Za-z0-9])?)*$")
 
@@ -86,6 +92,7 @@ class Settings:
     dropbox_root: str
     dropbox_app_key: str | None
     home: Path
+    intake_max_body_bytes: int = DEFAULT_INTAKE_MAX_BODY_BYTES
     # Secrets: which are set, never their values (resources read them through dg.EnvVar).
     secrets_set: frozenset[str] = field(default_factory=frozenset)
     _secrets: Mapping[str, str] = field(default_factory=dict, repr=False, compare=False)
@@ -252,6 +259,26 @@ def load_settings(
                 "the app key of the Dropbox app it was issued for"
             )
 
+    # -- payment intake (B5) ---------------------------------------------------------------
+    # The signing secrets are only checked for consistency here: `bg-ops intake serve`
+    # refuses to start without the current one, the code location does not need them.
+    if get("BG_OPS_PAYMENT_SIGNING_SECRET_NEXT") and not get("BG_OPS_PAYMENT_SIGNING_SECRET"):
+        problems.append(
+            "BG_OPS_PAYMENT_SIGNING_SECRET is not set but BG_OPS_PAYMENT_SIGNING_SECRET_NEXT is: set "
+            "the current signing secret too (the next one is only accepted beside it while rotating)"
+        )
+    intake_max_body_bytes = DEFAULT_INTAKE_MAX_BODY_BYTES
+    if get("BG_OPS_INTAKE_MAX_BODY_BYTES") is not None:
+        raw = get("BG_OPS_INTAKE_MAX_BODY_BYTES")
+        low, high = INTAKE_BODY_LIMITS
+        if raw.isdigit() and low <= int(raw) <= high:
+            intake_max_body_bytes = int(raw)
+        else:
+            problems.append(
+                f"BG_OPS_INTAKE_MAX_BODY_BYTES={raw!r} is not valid: use a size in bytes between "
+                f"{low} and {high}, e.g. 1048576 (1 MiB, the default)"
+            )
+
     if problems:
         raise ConfigError(problems)
 
@@ -273,6 +300,7 @@ def load_settings(
         dropbox_root=dropbox_root,
         dropbox_app_key=app_key,
         home=home,
+        intake_max_body_bytes=intake_max_body_bytes,
         secrets_set=frozenset(secrets),
         _secrets=secrets,
     )

@@ -13,7 +13,10 @@ REPO = Path(__file__).resolve().parents[1]
 # What operators rely on. A change here is a change of contract: update it on purpose.
 EXPECTED_JOBS = {"tenant_summary_job", "send_due_emails_job", "email_queue_health_job", "daily_reminders_job",
                  "calendar_reminders_job", "approval_completed_job",
-                 "upload_files_job", "nightly_backup_job", "storage_health_job", "restore_drill_job"}
+                 "upload_files_job", "nightly_backup_job", "storage_health_job", "restore_drill_job",
+                 "archive_document_job", "approval_thumbnails_job",
+                 "billing_task_job", "pto_accrual_job",
+                 "process_payment_event_job"}
 EXPECTED_SCHEDULES: dict[str, str] = {
     "daily_reminders_schedule": "5 * * * *",
     "email_delivery_schedule": "* * * * *",
@@ -22,10 +25,15 @@ EXPECTED_SCHEDULES: dict[str, str] = {
     "nightly_backup_schedule": "15 * * * *",
     "storage_health_schedule": "*/10 * * * *",
     "restore_drill_schedule": "0 4 * * 0",
+    "approval_thumbnails_schedule": "40 2 * * *",
+    "pto_accrual_schedule": "10 * * * *",
 }
 EXPECTED_SENSORS = {"tenant_partitions_sensor", "email_delivery_sensor", "calendar_reminder_sensor", "approval_completed_sensor",
-                    "upload_queue_sensor"}
-EXPECTED_ASSETS = {"tenant_summary", "email_queue_health", "upload_queue_health", "storage_quota"}
+                    "upload_queue_sensor", "document_archival_sensor",
+                    "billable_project_sensor",
+                    "payment_event_sensor"}
+EXPECTED_ASSETS = {"tenant_summary", "email_queue_health", "upload_queue_health", "storage_quota",
+                   "pto_accrual"}
 EXPECTED_RESOURCES = {"database", "files", "mail", "storage"}
 
 

@@ -113,7 +113,8 @@ def test_make_dev_serves_the_ui_with_demo_tenants_and_a_running_daemon(tmp_path)
     log = tmp_path / "make-dev.log"
     with open(log, "wb") as out:
         proc = subprocess.Popen(
-            ["make", "-C", str(REPO), "dev", f"PORT={port}", f"VENV={venv}", "TENANTS=3"],
+            ["make", "-C", str(REPO), "dev", f"PORT={port}", f"VENV={venv}", "TENANTS=3",
+             f"DAGSTER_HOME_DIR={tmp_path / 'dagster_home'}"],
             stdout=out, stderr=subprocess.STDOUT, env=env, start_new_session=True,
         )
     try:
@@ -144,6 +145,8 @@ def test_make_dev_serves_the_ui_with_demo_tenants_and_a_running_daemon(tmp_path)
             "acme", "nordlicht", "sakura",
         ]
         assert (files / "acme" / "projects").is_dir()
+        # Dagster's state went to the instance folder make dev set up, with the shared settings.
+        assert (tmp_path / "dagster_home" / "dagster.yaml").read_text() == (REPO / "dagster.yaml").read_text()
     finally:
         stop_process_group(proc)
     # Nothing left listening once make dev is stopped.

@@ -261,9 +261,9 @@ def test_schedule_requests_today_for_each_tenant_in_its_own_zone(world, db_url):
     # 2026-11-23 11:05 UTC is already 24 Nov in Kiritimati (UTC+14), still 23 Nov in Honolulu.
     with dg.instance_for_test() as instance:
         instance.add_dynamic_partitions("tenants", list(ZONES))
-        ctx = dg.build_schedule_context(instance=instance, resources={"database": DatabaseResource(url=db_url)},
-                                        scheduled_execution_time=datetime(2026, 11, 23, 11, 5, tzinfo=UTC))
-        requests = daily_reminders_schedule(ctx)
+        with dg.build_schedule_context(instance=instance, resources={"database": DatabaseResource(url=db_url)},
+                                       scheduled_execution_time=datetime(2026, 11, 23, 11, 5, tzinfo=UTC)) as ctx:
+            requests = daily_reminders_schedule(ctx)
     keys = sorted((r.partition_key.keys_by_dimension["tenant"], r.partition_key.keys_by_dimension["date"]) for r in requests)
     assert keys == [("aloha", "2026-11-23"), ("kiwi", "2026-11-24")]
     assert sorted(r.run_key for r in requests) == ["reminders|2026-11-23|aloha", "reminders|2026-11-24|kiwi"]

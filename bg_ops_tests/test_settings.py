@@ -62,6 +62,14 @@ def test_smtp_port_follows_security_unless_set(tmp_path):
         ({"BG_OPS_DATABASE_URL": "postgresql+psycopg://u@h/db"}, "BG_OPS_DATABASE_URL", "postgresql+psycopg2"),
         ({"BG_OPS_DATABASE_URL": "not a url"}, "BG_OPS_DATABASE_URL", "sqlite:///"),
         ({"BG_OPS_DATABASE_URL": "sqlite://"}, "BG_OPS_DATABASE_URL", "in-memory"),
+        ({"BG_OPS_INTAKE_MAX_BODY_BYTES": "1MB"}, "BG_OPS_INTAKE_MAX_BODY_BYTES", "size in bytes"),
+        ({"BG_OPS_INTAKE_MAX_BODY_BYTES": "0"}, "BG_OPS_INTAKE_MAX_BODY_BYTES", "1048576"),
+        ({"BG_OPS_INTAKE_MAX_BODY_BYTES": str(2**40)}, "BG_OPS_INTAKE_MAX_BODY_BYTES", "between 1024"),
+        (
+            {"BG_OPS_PAYMENT_SIGNING_SECRET_NEXT": "whsec_next"},
+            "BG_OPS_PAYMENT_SIGNING_SECRET",
+            "set the current signing secret",
+        ),
     ],
 )
 def test_a_bad_value_is_one_line_naming_the_variable_and_the_fix(tmp_path, env, variable, fix):
@@ -106,3 +114,32 @@ def test_secrets_stay_out_of_repr(tmp_path):
 def test_admin_emails_are_split_and_trimmed(tmp_path):
     s = load_settings({"BG_OPS_ADMIN_EMAILS": " ops@example.com ,cto@example.com,"}, cwd=tmp_path)
     assert s.admin_emails == ("ops@example.com", "cto@example.com")
+
+
+def test_payment_intake_defaults_and_limits(tmp_path):
+    s = load_settings({}, cwd=tmp_path)
+    assert s.intake_max_body_bytes == 1024 * 1024
+    assert s.secret("BG_OPS_PAYMENT_SIGNING_SECRET") is None and not s.secrets_set
+    s = load_settings({"BG_OPS_INTAKE_MAX_BODY_BYTES": " 65536 "}, cwd=tmp_path)
+    assert s.intake_max_body_bytes == 65536
+
+
+def test_payment_signing_secrets_are_secrets(tmp_path):
+    env = {"BG_OPS_PAYMENT_SIGNING_SECRET": "whsec_current-do-not-print",
+           "BG_OPS_PAYMENT_SIGNING_SECRET_NEXT": "whsec_next-do-not-print"}
+    s = load_settings(env, cwd=tmp_path)
+    assert "do-not-print" not in repr(s)
+    assert s.secrets_set == {"BG_OPS_PAYMENT_SIGNING_SECRET", "BG_OPS_PAYMENT_SIGNING_SECRET_NEXT"}
+    assert s.secret("BG_OPS_PAYMENT_SIGNING_SECRET") == "whsec_current-do-not-print"
+    assert s.secret("BG_OPS_PAYMENT_SIGNING_SECRET_NEXT") == "whsec_next-do-not-print"
+    # The current secret alone is the normal case between rotations.
+    only = load_settings({"BG_OPS_PAYMENT_SIGNING_SECRET": "whsec_current"}, cwd=tmp_path)
+    assert only.secrets_set == {"BG_OPS_PAYMENT_SIGNING_SECRET"}
+
+
+def test_payment_variables_are_part_of_the_contract():
+    from bg_ops.settings import ENV_VARS, SECRET_VARS
+
+    for name in ("BG_OPS_PAYMENT_SIGNING_SECRET", "BG_OPS_PAYMENT_SIGNING_SECRET_NEXT"):
+        assert name in ENV_VARS and name in SECRET_VARS
+    assert "BG_OPS_INTAKE_MAX_BODY_BYTES" in ENV_VARS and "BG_OPS_INTAKE_MAX_BODY_BYTES" not in SECRET_VARS

@@ -323,11 +323,13 @@ def tenants_list(ctx: click.Context, as_json: bool) -> None:
 from bg_ops.cli.emails import emails  # noqa: E402 - registers `bg-ops emails`
 from bg_ops.cli.reminders import reminders, services  # noqa: E402
 from bg_ops.cli.uploads import uploads  # noqa: E402
+from bg_ops.cli.intake import intake  # noqa: E402
 
 cli.add_command(emails)
 cli.add_command(reminders)
 cli.add_command(services)
 cli.add_command(uploads)
+cli.add_command(intake)
 
 def main(argv: list[str] | None = None) -> int:
     try:

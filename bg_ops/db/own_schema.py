@@ -205,5 +205,39 @@ renditions = sa.Table(
     sa.UniqueConstraint("approval_file_id", "source_hash", name="uq_renditions_file_hash"),
 )
 
+# 0005: billing and people. One row per billable event of a project (B1): inserted with ON
+# CONFLICT DO NOTHING in the transaction that creates the billing task, so a re-evaluated
+# sensor or a retried run never creates a second task for the same event.
+billing_triggers = sa.Table(
+    "billing_triggers",
+    own_metadata,
+    sa.Column("id", sa.BigInteger().with_variant(sa.Integer, "sqlite"), primary_key=True),
+    sa.Column("company_id", sa.Integer, nullable=False),
+    sa.Column("project_id", sa.BigInteger, nullable=False),
+    sa.Column("billable_at", UTCDateTime, nullable=False),
+    sa.Column("task_id", sa.BigInteger),
+    sa.Column("assignee_id", sa.Integer),
+    sa.Column("created_at", UTCDateTime, nullable=False, server_default=NOW),
+    sa.UniqueConstraint("company_id", "project_id", "billable_at", name="uq_billing_triggers_event"),
+)
+
+# The PTO ledger (B3): one accrual per employee and month ('YYYY-MM'), with the tenure tier it
+# was credited under, so re-running or backfilling a month changes nothing.
+pto_ledger = sa.Table(
+    "pto_ledger",
+    own_metadata,
+    sa.Column("id", sa.BigInteger().with_variant(sa.Integer, "sqlite"), primary_key=True),
+    sa.Column("company_id", sa.Integer, nullable=False),
+    sa.Column("user_id", sa.Integer, nullable=False),
+    sa.Column("month", sa.String(7), nullable=False),
+    sa.Column("tier_id", sa.Integer, nullable=False),
+    sa.Column("tier_name", sa.Text, nullable=False),
+    sa.Column("hours", sa.Numeric(6, 2), nullable=False),
+    sa.Column("service_years", sa.Integer, nullable=False),
+    sa.Column("created_at", UTCDateTime, nullable=False, server_default=NOW),
+    sa.UniqueConstraint("company_id", "user_id", "month", name="uq_pto_ledger_company_id_user_id_month"),
+    sa.Index("ix_pto_ledger_company_id_month", "company_id", "month"),
+)
+
 OWN_TABLES = (email_queue, upload_queue, reminder_log, notifications, service_switches, backup_manifest,
-              archives, renditions)
+              archives, renditions, billing_triggers, pto_ledger)

@@ -21,21 +21,24 @@ from bg_ops.defs.tenants.logic import Tenant, switched_off_by
 
 @dataclass(frozen=True)
 class Notice:
-    """What kind of notification: its rule (template ``reminder_<rule>``, switch ``reminders.<rule>``)."""
+    """What kind of notification: its rule (template ``reminder_<rule>``, switch ``reminders.<rule>``
+    unless ``template_name`` / ``service_name`` name others, as billing and PTO notices do)."""
 
     rule: str
     title: str
     entity_type: str
     priority: str = "normal"
     kind: str = "internal"
+    template_name: str | None = None
+    service_name: str | None = None
 
     @property
     def template(self) -> str:
-        return f"reminder_{self.rule}"
+        return self.template_name or f"reminder_{self.rule}"
 
     @property
     def service(self) -> str:
-        return f"reminders.{self.rule}"
+        return self.service_name or f"reminders.{self.rule}"
 
 
 @dataclass

@@ -1,0 +1,1 @@
+"""People: PTO accruals by tenure tier (B3) and tenure promotions (B4)."""
