@@ -267,3 +267,29 @@ def test_schedule_requests_today_for_each_tenant_in_its_own_zone(world, db_url):
     keys = sorted((r.partition_key.keys_by_dimension["tenant"], r.partition_key.keys_by_dimension["date"]) for r in requests)
     assert keys == [("aloha", "2026-11-23"), ("kiwi", "2026-11-24")]
     assert sorted(r.run_key for r in requests) == ["reminders|2026-11-23|aloha", "reminders|2026-11-24|kiwi"]
+
+
+def test_a_week_backfilled_over_days_already_run_sends_each_reminder_once(world, mail_settings):
+    from bg_ops.defs.reminders.rules import ALL_RULES
+
+    week = [DAY - timedelta(days=n) for n in range(6, -1, -1)]
+    # What a clean run of each day would send, taken as a dry run before anything is sent.
+    expected = set()
+    for day in week:
+        for rule in ALL_RULES:
+            for item in run(world, "kiwi", rule.name, mail_settings, day=day, dry_run=True).preview:
+                expected.add((rule.name, item["entity_id"], item["recipient"], item["period"]))
+    assert expected  # the world has reminders on these days
+
+    for day in (week[1], week[4]):  # two days already ran before the outage was noticed
+        for rule in ALL_RULES:
+            run(world, "kiwi", rule.name, mail_settings, day=day)
+    for _ in range(2):  # the backfill, and an operator launching it a second time
+        for day in week:
+            for rule in ALL_RULES:
+                run(world, "kiwi", rule.name, mail_settings, day=day)
+    mails = queued(world)
+    assert len(mails) == len(expected)
+    assert {m.company_id for m in mails} == {1}
+    with world.connect() as c:
+        assert c.execute(sa.select(sa.func.count()).select_from(reminder_log)).scalar_one() == len(expected)
