@@ -26,6 +26,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
 import sqlalchemy as sa
+from sqlalchemy.dialects.postgresql import ARRAY
 
 from bg_ops.db.own_schema import email_queue as q
 from bg_ops.db.types import utc_normalized
@@ -104,7 +105,7 @@ def due_condition(now: datetime):
             sa.or_(q.c.send_after.is_(None), q.c.send_after <= now),
             sa.or_(q.c.next_attempt_at.is_(None), q.c.next_attempt_at <= now),
         ),
-        sa.and_(q.c.status == "sending", q.c.locked_until < now),
+        sa.and_(q.c.status == "sending", sa.or_(q.c.locked_until.is_(None), q.c.locked_until < now)),
     )
 
 
@@ -112,18 +113,10 @@ def count_due(conn: sa.Connection, now: datetime) -> int:
     return int(conn.execute(sa.select(sa.func.count()).select_from(q).where(due_condition(now))).scalar_one())
 
 
-def claim_batch(engine: sa.Engine, *, now: datetime, worker_id: str, policy: DeliveryPolicy) -> list:
-    """Mark up to ``batch_size`` due messages ``sending`` for this worker; return them in send order."""
-    candidates = (
-        sa.select(q.c.id)
-        .where(due_condition(now))
-        .order_by(PRIORITY_RANK, KIND_RANK, utc_normalized(DUE_AT), q.c.id)
-        .limit(policy.batch_size)
-        .with_for_update(skip_locked=True)
-    )
-    claim = (
+def _claim(ids, *, now: datetime, worker_id: str, policy: DeliveryPolicy):
+    return (
         sa.update(q)
-        .where(q.c.id.in_(candidates.scalar_subquery()))
+        .where(q.c.id.in_(ids))
         .values(
             status="sending",
             attempts=q.c.attempts + 1,
@@ -134,8 +127,46 @@ def claim_batch(engine: sa.Engine, *, now: datetime, worker_id: str, policy: Del
         )
         .returning(*CLAIM_COLUMNS)
     )
+
+
+def _candidates(now: datetime, limit: int):
+    return (
+        sa.select(q.c.id)
+        .where(due_condition(now))
+        .order_by(PRIORITY_RANK, KIND_RANK, utc_normalized(DUE_AT), q.c.id)
+        .limit(limit)
+    )
+
+
+def claim_batch(engine: sa.Engine, *, now: datetime, worker_id: str, policy: DeliveryPolicy) -> list:
+    """Mark up to ``batch_size`` due messages ``sending`` for this worker; return them in send order.
+
+    The rows claimed are the first ``batch_size`` due rows in send order that no other
+    worker holds. On PostgreSQL that is found in two steps: the first ``batch_size`` due rows
+    (no lock, so PostgreSQL keeps only the top rows while sorting instead of sorting the whole
+    queue), then those rows locked ``SKIP LOCKED`` and checked due again. When all of them
+    were taken that is the answer; when another worker held some, the rest is claimed with
+    the one-statement claim (lock while scanning in send order), in the same transaction.
+    """
     with engine.begin() as conn:
-        rows = conn.execute(claim).all()
+        if conn.dialect.name != "postgresql":
+            locked = _candidates(now, policy.batch_size).with_for_update(skip_locked=True)
+            rows = conn.execute(_claim(locked.scalar_subquery(), now=now, worker_id=worker_id, policy=policy)).all()
+        else:
+            ids = conn.execute(_candidates(now, policy.batch_size)).scalars().all()
+            rows = []
+            if ids:
+                mine = (
+                    sa.select(q.c.id)
+                    .where(q.c.id == sa.any_(sa.literal(ids, ARRAY(q.c.id.type))), due_condition(now))
+                    .with_for_update(skip_locked=True)
+                )
+                rows = conn.execute(_claim(mine.scalar_subquery(), now=now, worker_id=worker_id, policy=policy)).all()
+                if len(rows) < len(ids):  # another worker holds some of them: take the next ones
+                    more = _candidates(now, policy.batch_size - len(rows)).with_for_update(skip_locked=True)
+                    rows += conn.execute(
+                        _claim(more.scalar_subquery(), now=now, worker_id=worker_id, policy=policy)
+                    ).all()
     return sorted(
         rows,
         key=lambda r: (

@@ -20,6 +20,7 @@ from collections import defaultdict
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from datetime import date, datetime, time, timedelta
+from functools import lru_cache
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import sqlalchemy as sa
@@ -31,6 +32,7 @@ from bg_ops.defs.email.rendering import render
 from bg_ops.defs.tenants.logic import Tenant, switched_off_by
 
 DEFAULT_SEND_HOUR = 8  # in inboxes before 09:00 local (R10, seed 003)
+DELIVER_CHUNK = 500  # reminders logged, mailed and notified per round (memory, B8)
 
 
 def zone_of(name: str | None, fallback: ZoneInfo) -> ZoneInfo:
@@ -130,6 +132,37 @@ def _log_insert(session: Session):
     )
 
 
+@lru_cache(maxsize=None)
+def _pg_log_update(column: str):
+    """``UPDATE reminder_log SET <column> = v.l_value FROM unnest(:l_ids, :l_values) AS v …``,
+    built once per column."""
+    from sqlalchemy.dialects.postgresql import ARRAY
+
+    rows = sa.func.unnest(
+        sa.bindparam("l_ids", type_=ARRAY(sa.BigInteger)),
+        sa.bindparam("l_values", type_=ARRAY(reminder_log.c[column].type)),
+    ).table_valued("l_id", "l_value").render_derived(name="v")
+    return sa.update(reminder_log).where(reminder_log.c.id == rows.c.l_id).values({column: rows.c.l_value})
+
+
+def _update_log(session: Session, column: str, values: dict[int, object]) -> None:
+    """Set ``reminder_log.<column>`` to ``values[id]`` for every id in ``values``.
+
+    On PostgreSQL this is one statement whatever the number of rows: an executemany UPDATE is
+    one round trip per row with psycopg2 (B3: 0.8 s of a 4,400-reminder run). SQLite runs in
+    the process, where executemany is cheap."""
+    if not values:
+        return
+    if session.get_bind().dialect.name == "postgresql":
+        session.execute(_pg_log_update(column), {"l_ids": list(values), "l_values": list(values.values())})
+    else:
+        session.execute(
+            sa.update(reminder_log).where(reminder_log.c.id == sa.bindparam("l_id"))
+            .values({column: sa.bindparam("l_value")}),
+            [{"l_id": log_id, "l_value": value} for log_id, value in values.items()],
+        )
+
+
 def run_rule(
     session: Session,
     rule: Rule,
@@ -202,7 +235,40 @@ def deliver_reminders(
 
     ``keyed`` maps (entity, recipient, period) to its ``Due``. The ``reminder_log`` insert with
     ON CONFLICT DO NOTHING decides which are new (R14); only those are mailed — now or for the
-    digest — and get an in-app notification. Runs in the caller's transaction."""
+    digest — and get an in-app notification. Runs in the caller's transaction.
+
+    The reminders go through in chunks of ``DELIVER_CHUNK``, so memory stays flat however many
+    are due: a rendered, built message costs about 45 KB until its INSERT is done (B8)."""
+    items = list(keyed.items())
+    enqueued = digested = already_sent = 0
+    for start in range(0, len(items), DELIVER_CHUNK):
+        e, d, a = _deliver_chunk(
+            session, tenant=tenant, rule=rule, template=template, title=title, entity_type=entity_type,
+            priority=priority, kind=kind, keyed=dict(items[start:start + DELIVER_CHUNK]), run_date=run_date,
+            now=now, mail_settings=mail_settings, send_at=send_at, digest=digest,
+        )
+        enqueued, digested, already_sent = enqueued + e, digested + d, already_sent + a
+    return enqueued, digested, already_sent
+
+
+def _deliver_chunk(
+    session: Session,
+    *,
+    tenant: Tenant,
+    rule: str,
+    template: str,
+    title: str,
+    entity_type: str,
+    priority: str,
+    kind: str,
+    keyed: dict[tuple[int, int, str], Due],
+    run_date: str,
+    now: datetime,
+    mail_settings: MailSettings,
+    send_at: Callable[[Due], datetime],
+    digest: bool,
+) -> tuple[int, int, int]:
+    """``deliver_reminders`` for one chunk of ``keyed``."""
     rows = [
         {"company_id": tenant.id, "rule": rule, "entity_id": e, "recipient_id": r, "period": p,
          "run_date": run_date, "digest": digest, "created_at": now}
@@ -222,10 +288,11 @@ def deliver_reminders(
     enqueued = digested = 0
     if digest:
         # The digest mail lists one line per reminder: keep each reminder's subject for it.
-        for log_id, due, _period in new:
-            subject = render(template, {**due.context, "recipient_name": due.name},
-                             company_name=tenant.name, company_slug=tenant.slug).subject
-            session.execute(sa.update(reminder_log).where(reminder_log.c.id == log_id).values(subject=subject))
+        _update_log(session, "subject", {
+            log_id: render(template, {**due.context, "recipient_name": due.name},
+                           company_name=tenant.name, company_slug=tenant.slug).subject
+            for log_id, due, _period in new
+        })
         digested = len(new)
     else:
         emails = [
@@ -238,10 +305,7 @@ def deliver_reminders(
             for _log_id, due, period in new
         ]
         queued = enqueue_many(session, emails, now=now, settings=mail_settings)
-        session.execute(
-            sa.update(reminder_log).where(reminder_log.c.id == sa.bindparam("l_id")).values(email_id=sa.bindparam("l_email")),
-            [{"l_id": log_id, "l_email": q.id} for (log_id, _, _), q in zip(new, queued, strict=True)],
-        )
+        _update_log(session, "email_id", {log_id: q.id for (log_id, _, _), q in zip(new, queued, strict=True)})
         enqueued = len(queued)
     session.execute(
         sa.insert(notifications),
@@ -292,6 +356,7 @@ def send_digests(session: Session, ctx: RuleContext, *, mail_settings: MailSetti
         ))
         log_ids.append([r.id for r in items])
     queued = enqueue_many(session, emails, now=ctx.now, settings=mail_settings)
-    for ids, q in zip(log_ids, queued, strict=True):
-        session.execute(sa.update(reminder_log).where(reminder_log.c.id.in_(ids)).values(email_id=q.id))
+    _update_log(session, "email_id", {
+        log_id: q.id for ids, q in zip(log_ids, queued, strict=True) for log_id in ids
+    })
     return len(queued)

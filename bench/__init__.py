@@ -1,0 +1,1 @@
+"""Benchmarks (PERFORMANCE.md): `make bench`, `make bench-quick`."""

@@ -1,0 +1,859 @@
+"""B3 reminder scan and B8 scale (PERFORMANCE.md): the whole daily reminder run of one tenant.
+
+The workload, on PostgreSQL, for one tenant (company 1, Europe/Berlin) at scale 1x:
+5,000 users, 1,000 projects, 100,000 tasks, 50,000 approvals with 3 steps each, 20,000
+translations, 20,000 core requests, 10,000 purchase orders, plus 2,000 documents, 5,000
+invoices and 300 design queue items so every rule has work. About 1% of each table is due on
+the run day (2026-06-01: the 1st of a month, so the PO rule runs too); the role pools that
+rules fan out to (finance, translators, approvers, ...) have a fixed size at every scale.
+The rows are generated deterministically (seeded ``random``) and loaded with COPY; the
+database is then VACUUM ANALYZEd and used as a template, so every measurement starts from
+an identical copy.
+
+Measured: the daily run as ``daily_reminders_job`` does it, minus Dagster: every rule of
+``ALL_RULES`` through ``run_rule`` in its own session (tenant lookup, switches, find,
+reminder_log, rendering and building every message, ``enqueue_many``, notifications,
+commit), then ``send_digests``. It runs in a fresh child process (a Dagster run is a fresh
+process too), after the imports and the first connection: "cold" is that first run, "warm"
+a second run in the same process on another copy of the data. Peak memory is the child's
+peak RSS (``VmHWM`` in /proc/self/status, imports included) read right after the cold run;
+the RSS after imports is reported beside it.
+
+The limit measured in the same run: for each rule one hand-written ``INSERT INTO
+email_queue (...) SELECT ...`` selecting the same due set with the same filters (the same
+recipients, one row per entity, recipient and period) with a crude subject and body made in
+SQL and no built message; the twelve statements, each in its own transaction, on another
+copy of the same data, best of two copies (one in quick). Ratio = our cold seconds / the hand-written
+seconds (goal <= 3); goals < 5 s and peak RSS < 300 MB at 1x.
+
+B8: the same at 0.1x and 1x and, with ``BG_OPS_BENCH_SCALE=1`` (``make bench-scale``) or
+``--size scale``, 10x: time per 1,000 source rows and peak RSS per scale; linear time means
+the same time per 1,000 rows at every scale. Quick runs 0.01x only (one cold run, one
+hand-written run, no B8 rows) so the test suite stays fast.
+
+Checks: at every scale, per rule, the number of mails we queued equals the rows the
+hand-written statement wrote; reminder_log and notifications have one row per mail; every
+queued mail has its message built.
+
+    python -m bench.b3_reminder_scan --size full [--profile]    # standalone, prints the table
+"""
+
+from __future__ import annotations
+
+import argparse
+import calendar
+import io
+import json
+import os
+import random
+import subprocess
+import sys
+from datetime import UTC, date, datetime, time, timedelta
+from zoneinfo import ZoneInfo
+
+from bench.common import (
+    MAIL_FROM,
+    REPO_ROOT,
+    BenchPostgres,
+    BenchResult,
+    Figure,
+    dominant,
+    log,
+    now_s,
+)
+
+NAME = "b3_reminder_scan"
+TITLE = "B3 reminder scan"
+TENANT_ID = 1
+TENANT_SLUG = "bench-1"
+ZONE_NAME = "Europe/Berlin"
+ZONE = ZoneInfo(ZONE_NAME)
+DAY = date(2026, 6, 1)  # the 1st: po_expiring runs (period "2026-06")
+NOW = datetime(2026, 6, 1, 3, 30, tzinfo=UTC)  # 05:30 local, after the tenant's day began
+SEED = 20260601
+DUE = 0.01
+SEND_HOUR = 8
+
+# Rows at scale 1x (PERFORMANCE.md B3, plus small tables so every rule has work).
+BASE = {
+    "users": 5_000, "projects": 1_000, "tasks": 100_000, "approvals": 50_000, "translations": 20_000,
+    "core_requests": 20_000, "purchase_orders": 10_000, "documents": 2_000, "invoices": 5_000,
+    "design_queue_items": 300,
+}
+# Role pools rules fan out to: the same size at every scale.
+POOLS = (("admin", 3), ("hr", 4), ("finance", 4), ("approver", 6), ("translator", 10),
+         ("account_manager", 8), ("designer", 5))
+SCALES = {"quick": (0.01,), "full": (0.1, 1.0), "scale": (0.1, 1.0, 10.0)}
+HEADLINE_SCALE = {"quick": 0.01, "full": 1.0, "scale": 1.0}
+TIME_GOAL_S = 5.0
+RSS_GOAL_MB = 300.0
+RATIO_GOAL = 3.0
+LINEAR_GOAL = 1.5  # time per 1,000 rows at the largest scale / at the smallest
+LIMIT_REPEATS = {"quick": 1, "full": 2, "scale": 2}
+WARM = {"quick": False, "full": True, "scale": True}
+
+_FIRST = ("Ana", "Björn", "Chloé", "Dmitri", "Eva", "François", "Grete", "Hiro", "Inés", "Jonas", "Kemal", "Lena")
+_LAST = ("Lima", "Ås", "Martin", "Orlov", "Nowak", "Dubois", "Berg", "Tanaka", "García", "Weber", "Yıldız", "Moreau")
+_ZONES = ("Europe/Berlin", "America/New_York", "Asia/Tokyo", "Europe/London")
+_WORDS = ("brand refresh", "spring campaign", "packaging", "annual report", "trade fair", "website relaunch",
+          "product launch", "catalogue", "social ads", "newsletter")
+_LANGS = ("de", "fr", "es", "it", "ja", "pl", "tr", "nl")
+
+
+# -- the data -------------------------------------------------------------------------------
+
+
+def _local(d: date, minutes: int = 0) -> datetime:
+    """UTC instant of ``minutes`` after local midnight of ``d`` in the tenant's zone."""
+    return (datetime.combine(d, time.min, tzinfo=ZONE) + timedelta(minutes=minutes)).astimezone(UTC)
+
+
+def _day_start(offset: int) -> datetime:
+    return _local(DAY + timedelta(days=offset))
+
+
+def _ts(value: datetime | None) -> str:
+    return "\\N" if value is None else value.isoformat()
+
+
+def _d(value: date | None) -> str:
+    return "\\N" if value is None else value.isoformat()
+
+
+def _n(value) -> str:
+    return "\\N" if value is None else str(value)
+
+
+def _at(rng: random.Random, day_from: int, day_to: int) -> datetime:
+    """A random instant on a random local day in DAY+day_from .. DAY+day_to (inclusive)."""
+    return _local(DAY + timedelta(days=rng.randint(day_from, day_to)), rng.randint(0, 24 * 60 - 1))
+
+
+def counts_for(scale: float) -> dict[str, int]:
+    out = {k: max(1, round(v * scale)) for k, v in BASE.items()}
+    out["users"] = max(out["users"], sum(n for _, n in POOLS) + 12)
+    out["projects"] = max(out["projects"], 5)
+    return out
+
+
+def generate(scale: float, seed: int = SEED) -> tuple[dict[str, tuple[tuple[str, ...], list[str]]], dict]:
+    """{table: (columns, COPY text lines)} and a summary. Deterministic for (scale, seed)."""
+    rng = random.Random(f"{seed}:{scale}")
+    n = counts_for(scale)
+    tables: dict[str, tuple[tuple[str, ...], list[str]]] = {}
+    md = DAY.strftime("%m-%d")
+
+    # users: role pools, PMs (4%), employees (3% inactive)
+    roles: list[str] = [role for role, k in POOLS for _ in range(k)]
+    n_pm = max(5, n["users"] // 25)
+    roles += ["pm"] * n_pm
+    roles += ["employee"] * (n["users"] - len(roles))
+    user_ids = list(range(1, len(roles) + 1))
+    by_role: dict[str, list[int]] = {}
+    for uid, role in zip(user_ids, roles):
+        by_role.setdefault(role, []).append(uid)
+    admin0 = by_role["admin"][0]
+    lines = []
+    for uid, role in zip(user_ids, roles):
+        active = not (role == "employee" and rng.random() < 0.03)
+        zone = rng.choice(_ZONES) if rng.random() < 0.3 else None
+        manager = None if uid == admin0 else (rng.choice(by_role["pm"]) if role == "employee" else admin0)
+        if uid % 365 == 17:  # about one in 365 has a birthday on the run day
+            birth = date(rng.randint(1960, 2002), DAY.month, DAY.day)
+        else:
+            birth = date(rng.randint(1960, 2002), 1, 1) + timedelta(days=rng.randint(0, 364))
+            if birth.strftime("%m-%d") == md:
+                birth += timedelta(days=1)
+        if uid % 365 == 20:  # and one in 365 a work anniversary
+            hire = date(rng.randint(2012, 2025), DAY.month, DAY.day)
+        else:
+            hire = date(2010, 1, 1) + timedelta(days=rng.randint(0, 5_900))
+            if hire.strftime("%m-%d") == md or hire >= DAY:
+                hire = date(hire.year if hire < DAY else 2025, 1, 15)
+        name = f"{_FIRST[uid % len(_FIRST)]} {_LAST[(uid // len(_FIRST)) % len(_LAST)]} {uid}"
+        lines.append("\t".join((str(uid), str(TENANT_ID), f"user{uid}@bench-agency.example", name, role,
+                                "t" if active else "f", _n(zone), _n(manager), _d(birth), _d(hire))))
+    tables["users"] = (("id", "company_id", "email", "full_name", "role", "is_active", "timezone", "manager_id",
+                        "birth_date", "hire_date"), lines)
+    any_user = user_ids
+
+    project_ids = list(range(1, n["projects"] + 1))
+    lines = []
+    for pid in project_ids:
+        lines.append("\t".join((str(pid), str(TENANT_ID), f"P-{pid} {_WORDS[pid % len(_WORDS)]}",
+                                f"Client {pid % 97}", str(rng.choice(by_role["pm"])),
+                                "active" if rng.random() < 0.9 else "archived")))
+    tables["projects"] = (("id", "company_id", "name", "client_name", "pm_id", "status"), lines)
+
+    # tasks: 1% open and due by D+2 (or overdue); the rest done, or open and due later
+    lines = []
+    for tid in range(1, n["tasks"] + 1):
+        assignee = rng.choice(any_user) if rng.random() < 0.97 else None
+        if rng.random() < DUE:
+            status, due = rng.choice(("open", "in_progress")), _at(rng, -10, 2)
+        elif rng.random() < 0.6:
+            status, due = "done", _at(rng, -400, -1)
+        else:
+            status = rng.choice(("open", "open", "in_progress"))
+            due = _at(rng, 3, 120) if rng.random() < 0.9 else None
+        lines.append("\t".join((str(tid), str(TENANT_ID), str(rng.choice(project_ids)),
+                                f"Task {tid}: {_WORDS[tid % len(_WORDS)]}", _n(assignee), _ts(due), status)))
+    tables["tasks"] = (("id", "company_id", "project_id", "title", "assignee_id", "due_at", "status"), lines)
+
+    # approvals (3 steps each): 20% in review, of which 1% of all overdue and 1% of all stalled
+    a_lines, s_lines = [], []
+    step_id = 0
+    for aid in range(1, n["approvals"] + 1):
+        overdue, stalled = rng.random() < DUE, rng.random() < DUE
+        in_review = overdue or stalled or rng.random() < 0.19
+        title = f"Proof {aid}: {_WORDS[aid % len(_WORDS)]}"
+        approvers = [rng.choice(any_user) for _ in range(3)]
+        if in_review:
+            stage = rng.randint(1, 3)
+            due = _at(rng, -15, -1) if overdue else _at(rng, 1, 60)
+            since = _at(rng, -20, -3) if stalled else _day_start(-2) + timedelta(minutes=rng.randint(0, 3000))
+            created = since if stage == 1 else since - timedelta(days=rng.randint(1, 10) * (stage - 1))
+            a_lines.append("\t".join((str(aid), str(TENANT_ID), str(rng.choice(project_ids)), title, "in_review",
+                                      _ts(due), str(stage), _ts(created), _ts(created), "\\N")))
+            for k in range(1, 4):
+                step_id += 1
+                if k < stage:
+                    responded = since if k == stage - 1 else since - timedelta(days=1)
+                    s_lines.append(f"{step_id}\t{aid}\t{k}\t{approvers[k - 1]}\tapproved\t{_ts(responded)}")
+                else:
+                    s_lines.append(f"{step_id}\t{aid}\t{k}\t{approvers[k - 1]}\tpending\t\\N")
+        else:
+            draft = rng.random() < 0.06
+            created = _at(rng, -500, -1)
+            due = _at(rng, 1, 90) if draft else created + timedelta(days=14)
+            done = None if draft else created + timedelta(days=rng.randint(1, 20))
+            a_lines.append("\t".join((str(aid), str(TENANT_ID), str(rng.choice(project_ids)), title,
+                                      "draft" if draft else "completed", _ts(due), "1", _ts(created), _ts(created),
+                                      _ts(done))))
+            for k in range(1, 4):
+                step_id += 1
+                if draft:
+                    s_lines.append(f"{step_id}\t{aid}\t{k}\t{approvers[k - 1]}\tpending\t\\N")
+                else:
+                    s_lines.append(f"{step_id}\t{aid}\t{k}\t{approvers[k - 1]}\tapproved\t{_ts(done)}")
+    tables["approvals"] = (("id", "company_id", "project_id", "title", "status", "due_at", "current_stage",
+                            "created_at", "updated_at", "completed_at"), a_lines)
+    tables["approval_steps"] = (("id", "approval_id", "stage", "approver_id", "status", "responded_at"), s_lines)
+
+    # translations: 1% open and due by D+3; assignee: a translator, anyone, or nobody (5%)
+    lines = []
+    for xid in range(1, n["translations"] + 1):
+        r = rng.random()
+        assignee = None if r < 0.05 else (rng.choice(by_role["translator"]) if r < 0.75 else rng.choice(any_user))
+        if rng.random() < DUE:
+            status, due = "open", _at(rng, -5, 3)
+        elif rng.random() < 0.3:
+            status, due = "open", _at(rng, 4, 90)
+        else:
+            status, due = "done", _at(rng, -300, -1)
+        lines.append("\t".join((str(xid), str(TENANT_ID), str(rng.choice(project_ids)), _LANGS[xid % len(_LANGS)],
+                                _n(assignee), _ts(due), status)))
+    tables["translations"] = (("id", "company_id", "project_id", "language", "assignee_id", "due_at", "status"),
+                              lines)
+
+    # core requests: 1% submitted 2+ days ago and not accepted; 0.2% ready for approval
+    lines = []
+    for cid in range(1, n["core_requests"] + 1):
+        r = rng.random()
+        am = None if r < 0.05 else (rng.choice(by_role["account_manager"]) if r < 0.85 else rng.choice(any_user))
+        accepted = None
+        if rng.random() < DUE:
+            status, submitted = "submitted", _at(rng, -15, -2)
+            updated = submitted
+        elif rng.random() < 0.002:
+            status, submitted = "ready_for_approval", _at(rng, -30, -3)
+            updated = _at(rng, -2, -1)
+        elif rng.random() < 0.1:
+            status, submitted = "submitted", _day_start(-1) + timedelta(minutes=rng.randint(0, 1500))
+            updated = submitted
+        else:
+            status, submitted = rng.choice(("accepted", "done")), _at(rng, -400, -1)
+            accepted = updated = submitted + timedelta(hours=rng.randint(1, 48))
+        lines.append("\t".join((str(cid), str(TENANT_ID), str(rng.choice(project_ids)),
+                                f"Core request {cid}: {_WORDS[cid % len(_WORDS)]}", status, _n(am),
+                                _ts(submitted), _ts(accepted), _ts(updated))))
+    tables["core_requests"] = (("id", "company_id", "project_id", "title", "status", "account_manager_id",
+                                "submitted_at", "accepted_at", "updated_at"), lines)
+
+    # purchase orders: 1% open and expiring this month
+    month_days = calendar.monthrange(DAY.year, DAY.month)[1]
+    lines = []
+    for oid in range(1, n["purchase_orders"] + 1):
+        if rng.random() < DUE:
+            status, expires = "open", DAY + timedelta(days=rng.randint(0, month_days - DAY.day))
+        elif rng.random() < 0.4:
+            status, expires = "open", DAY + timedelta(days=rng.randint(month_days - DAY.day + 1, 400))
+        else:
+            status, expires = "closed", DAY + timedelta(days=rng.randint(-400, 400))
+        lines.append("\t".join((str(oid), str(TENANT_ID), str(rng.choice(project_ids)), f"PO-{oid:06d}",
+                                f"{rng.randint(100, 90_000)}.{rng.randint(0, 99):02d}", "EUR", _d(expires), status)))
+    tables["purchase_orders"] = (("id", "company_id", "project_id", "number", "amount", "currency", "expires_on",
+                                  "status"), lines)
+
+    # documents: 1% at an alert stage (30/7/1/0 days), 0.5% expired and not renewed
+    lines = []
+    for did in range(1, n["documents"] + 1):
+        r = rng.random()
+        if r < DUE:
+            status, expires = "valid", DAY + timedelta(days=rng.choice((30, 7, 1, 0)))
+        elif r < 1.5 * DUE:
+            status, expires = rng.choice(("valid", "expired")), DAY - timedelta(days=rng.randint(1, 90))
+        elif r < 0.8:
+            status, expires = "valid", DAY + timedelta(days=rng.choice((rng.randint(31, 700), rng.randint(8, 29))))
+        else:
+            status, expires = "renewed", DAY - timedelta(days=rng.randint(1, 400))
+        lines.append("\t".join((str(did), str(TENANT_ID), str(rng.choice(any_user)), f"Document {did}",
+                                rng.choice(("passport", "visa", "contract", "other")), _d(expires), status)))
+    tables["documents"] = (("id", "company_id", "owner_id", "title", "kind", "expires_on", "status"), lines)
+
+    # invoices: 1% sent and overdue
+    lines = []
+    for iid in range(1, n["invoices"] + 1):
+        if rng.random() < DUE:
+            status, due = "sent", DAY - timedelta(days=rng.randint(1, 60))
+        elif rng.random() < 0.3:
+            status, due = "sent", DAY + timedelta(days=rng.randint(0, 60))
+        else:
+            status, due = "paid", DAY - timedelta(days=rng.randint(1, 400))
+        lines.append("\t".join((str(iid), str(TENANT_ID), str(rng.choice(project_ids)), f"INV-{iid:06d}",
+                                f"{rng.randint(100, 50_000)}.00", "EUR", _d(due - timedelta(days=30)), _d(due),
+                                status)))
+    tables["invoices"] = (("id", "company_id", "project_id", "number", "amount", "currency", "issued_on", "due_on",
+                           "status"), lines)
+
+    # design queue: 10% queued
+    lines = []
+    for qid in range(1, n["design_queue_items"] + 1):
+        queued = rng.random() < 0.1 or qid == 1
+        lines.append("\t".join((str(qid), str(TENANT_ID), str(rng.choice(project_ids)), f"Layout {qid}",
+                                "queued" if queued else "done", _ts(_at(rng, -10, -1)))))
+    tables["design_queue_items"] = (("id", "company_id", "project_id", "title", "status", "queued_at"), lines)
+
+    summary = {"rows": {t: len(v[1]) for t, v in tables.items()}}
+    summary["total_rows"] = sum(summary["rows"].values())
+    return tables, summary
+
+
+def load_world(pg: BenchPostgres, scale: float) -> tuple[str, dict]:
+    """A database with the app schema and the world at ``scale``, analyzed; nobody connected."""
+    import psycopg2
+
+    t0 = now_s()
+    tables, summary = generate(scale)
+    t_gen = now_s() - t0
+    name = pg.fresh_database()
+    conn = psycopg2.connect(host="127.0.0.1", port=pg.server.port, user="postgres", dbname=name)
+    try:
+        with conn, conn.cursor() as cur:
+            cur.execute("UPDATE companies SET timezone = %s, settings = '{}' WHERE id = %s", (ZONE_NAME, TENANT_ID))
+            order = ("users", "projects", "tasks", "approvals", "approval_steps", "translations", "core_requests",
+                     "purchase_orders", "documents", "invoices", "design_queue_items")
+            for table in order:
+                columns, lines = tables.pop(table)
+                for start in range(0, len(lines), 200_000):
+                    buf = io.StringIO("\n".join(lines[start:start + 200_000]) + "\n")
+                    cur.copy_expert(f"COPY {table} ({', '.join(columns)}) FROM STDIN", buf)
+                cur.execute(f"SELECT setval(pg_get_serial_sequence('{table}', 'id'), "
+                            f"(SELECT coalesce(max(id), 0) + 1 FROM {table}), false)")
+    finally:
+        conn.close()
+    pg.vacuum_analyze(name)
+    summary["generate_s"] = round(t_gen, 2)
+    summary["load_s"] = round(now_s() - t0 - t_gen, 2)
+    return name, summary
+
+
+# -- the limit: one hand-written INSERT ... SELECT per rule -----------------------------------
+
+_U = "u.id AS recipient_id, u.email, u.full_name AS name, u.timezone"
+_ACTIVE = "u.company_id = :cid AND u.is_active"
+
+LIMIT_SQL: dict[str, str] = {
+    "approval_overdue": f"""
+        SELECT a.id AS entity_id, {_U}, a.title AS what, :day AS period
+        FROM approvals a
+        JOIN projects p ON p.id = a.project_id AND p.company_id = :cid
+        JOIN approval_steps s ON s.approval_id = a.id AND s.stage = a.current_stage AND s.status = 'pending'
+        JOIN users u ON u.id = s.approver_id AND {_ACTIVE}
+        WHERE a.company_id = :cid AND a.status = 'in_review' AND a.due_at < :d0
+        UNION ALL
+        SELECT a.id, {_U}, a.title, :day
+        FROM approvals a
+        JOIN projects p ON p.id = a.project_id AND p.company_id = :cid
+        JOIN users u ON u.id = p.pm_id AND {_ACTIVE}
+        WHERE a.company_id = :cid AND a.status = 'in_review' AND a.due_at < :d0""",
+    "approval_stalled": f"""
+        SELECT a.id AS entity_id, {_U}, a.title AS what, :day AS period
+        FROM approvals a
+        JOIN projects p ON p.id = a.project_id AND p.company_id = :cid
+        JOIN approval_steps s ON s.approval_id = a.id AND s.stage = a.current_stage AND s.status = 'pending'
+        JOIN users u ON u.id = s.approver_id AND {_ACTIVE}
+        WHERE a.company_id = :cid AND a.status = 'in_review'
+          AND coalesce((SELECT max(e.responded_at) FROM approval_steps e
+                        WHERE e.approval_id = a.id AND e.stage < a.current_stage), a.created_at) < :stalled_cutoff""",
+    "task_due": f"""
+        SELECT t.id AS entity_id, {_U}, t.title AS what, :day AS period
+        FROM tasks t
+        JOIN users u ON u.id = t.assignee_id AND {_ACTIVE}
+        LEFT JOIN projects p ON p.id = t.project_id AND p.company_id = :cid
+        WHERE t.company_id = :cid AND t.status IN ('open', 'in_progress') AND t.due_at IS NOT NULL
+          AND t.due_at < :task_cutoff""",
+    "birthdays": f"""
+        SELECT per.id AS entity_id, {_U}, per.full_name AS what, :year AS period
+        FROM users per JOIN users u ON u.id = per.manager_id AND {_ACTIVE} AND u.id <> per.id
+        WHERE per.company_id = :cid AND per.is_active AND per.birth_date IS NOT NULL
+          AND to_char(per.birth_date, 'MM-DD') = ANY(:month_days)
+        UNION ALL
+        SELECT per.id, {_U}, per.full_name, :year
+        FROM users per JOIN users u ON {_ACTIVE} AND u.role = 'hr' AND u.id <> per.id
+        WHERE per.company_id = :cid AND per.is_active AND per.birth_date IS NOT NULL
+          AND to_char(per.birth_date, 'MM-DD') = ANY(:month_days)""",
+    "work_anniversaries": f"""
+        SELECT per.id AS entity_id, {_U}, per.full_name AS what, :year AS period
+        FROM users per JOIN users u ON u.id = per.manager_id AND {_ACTIVE} AND u.id <> per.id
+        WHERE per.company_id = :cid AND per.is_active AND per.hire_date IS NOT NULL
+          AND to_char(per.hire_date, 'MM-DD') = ANY(:month_days) AND per.hire_date < :jan1
+        UNION ALL
+        SELECT per.id, {_U}, per.full_name, :year
+        FROM users per JOIN users u ON {_ACTIVE} AND u.role = 'hr' AND u.id <> per.id
+        WHERE per.company_id = :cid AND per.is_active AND per.hire_date IS NOT NULL
+          AND to_char(per.hire_date, 'MM-DD') = ANY(:month_days) AND per.hire_date < :jan1""",
+    "document_expiry": f"""
+        SELECT d.id AS entity_id, {_U}, d.title AS what,
+               CASE d.expires_on WHEN :t0 THEN '0d' WHEN :t1 THEN '1d' WHEN :t7 THEN '7d' ELSE '30d' END AS period
+        FROM documents d JOIN users u ON u.id = d.owner_id AND {_ACTIVE}
+        WHERE d.company_id = :cid AND d.status = 'valid' AND d.expires_on IN (:t0, :t1, :t7, :t30)
+        UNION ALL
+        SELECT d.id, {_U}, d.title, :day
+        FROM documents d JOIN users o ON o.id = d.owner_id AND o.company_id = :cid
+        JOIN users u ON u.id = o.manager_id AND {_ACTIVE}
+        WHERE d.company_id = :cid AND d.status IN ('valid', 'expired') AND d.expires_on < :t0
+        UNION ALL
+        SELECT d.id, {_U}, d.title, :day
+        FROM documents d JOIN users o ON o.id = d.owner_id AND o.company_id = :cid
+        JOIN users u ON {_ACTIVE} AND u.role = 'admin'
+        WHERE d.company_id = :cid AND d.status IN ('valid', 'expired') AND d.expires_on < :t0""",
+    "translation_due": f"""
+        SELECT t.id AS entity_id, {_U}, t.language || ' translation' AS what, :day AS period
+        FROM translations t LEFT JOIN projects p ON p.id = t.project_id AND p.company_id = :cid
+        JOIN users u ON u.id = t.assignee_id AND {_ACTIVE}
+        WHERE t.company_id = :cid AND t.status = 'open' AND t.due_at < :translation_cutoff
+        UNION ALL
+        SELECT t.id, {_U}, t.language || ' translation', :day
+        FROM translations t LEFT JOIN projects p ON p.id = t.project_id AND p.company_id = :cid
+        JOIN users u ON {_ACTIVE} AND u.role = 'translator'
+        WHERE t.company_id = :cid AND t.status = 'open' AND t.due_at < :translation_cutoff
+          AND NOT EXISTS (SELECT 1 FROM users n WHERE n.id = t.assignee_id AND n.company_id = :cid AND n.is_active)""",
+    "core_request_not_accepted": f"""
+        SELECT c.id AS entity_id, {_U}, c.title AS what, :day AS period
+        FROM core_requests c LEFT JOIN projects p ON p.id = c.project_id AND p.company_id = :cid
+        JOIN users u ON u.id = c.account_manager_id AND {_ACTIVE}
+        WHERE c.company_id = :cid AND c.status = 'submitted' AND c.accepted_at IS NULL
+          AND c.submitted_at < :core_cutoff
+        UNION ALL
+        SELECT c.id, {_U}, c.title, :day
+        FROM core_requests c LEFT JOIN projects p ON p.id = c.project_id AND p.company_id = :cid
+        JOIN users u ON {_ACTIVE} AND u.role = 'account_manager'
+        WHERE c.company_id = :cid AND c.status = 'submitted' AND c.accepted_at IS NULL
+          AND c.submitted_at < :core_cutoff
+          AND NOT EXISTS (SELECT 1 FROM users n WHERE n.id = c.account_manager_id AND n.company_id = :cid
+                          AND n.is_active)""",
+    "core_request_ready": f"""
+        SELECT c.id AS entity_id, {_U}, c.title AS what, :day AS period
+        FROM core_requests c LEFT JOIN projects p ON p.id = c.project_id AND p.company_id = :cid
+        JOIN users u ON {_ACTIVE} AND u.role = 'approver'
+        WHERE c.company_id = :cid AND c.status = 'ready_for_approval'""",
+    "design_queue": f"""
+        SELECT CAST(:cid AS bigint) AS entity_id, {_U},
+               (SELECT count(*) FROM design_queue_items q WHERE q.company_id = :cid AND q.status = 'queued'
+                AND q.queued_at < :d1) || ' item(s) waiting' AS what, :day AS period
+        FROM users u WHERE {_ACTIVE} AND u.role = 'designer'
+          AND EXISTS (SELECT 1 FROM design_queue_items q WHERE q.company_id = :cid AND q.status = 'queued'
+                      AND q.queued_at < :d1)""",
+    "po_expiring": f"""
+        SELECT po.id AS entity_id, {_U}, 'PO ' || po.number AS what, :po_period AS period
+        FROM purchase_orders po LEFT JOIN projects p ON p.id = po.project_id AND p.company_id = :cid
+        JOIN users u ON {_ACTIVE} AND u.role = 'finance'
+        WHERE po.company_id = :cid AND po.status = 'open' AND po.expires_on >= :t0 AND po.expires_on < :po_end
+        UNION ALL
+        SELECT po.id, {_U}, 'PO ' || po.number, :po_period
+        FROM purchase_orders po JOIN projects p ON p.id = po.project_id AND p.company_id = :cid
+        JOIN users u ON u.id = p.pm_id AND {_ACTIVE}
+        WHERE po.company_id = :cid AND po.status = 'open' AND po.expires_on >= :t0 AND po.expires_on < :po_end
+          AND u.role <> 'finance'""",
+    "invoice_overdue": f"""
+        SELECT i.id AS entity_id, {_U}, 'Invoice ' || i.number AS what, :day AS period
+        FROM invoices i LEFT JOIN projects p ON p.id = i.project_id AND p.company_id = :cid
+        JOIN users u ON {_ACTIVE} AND u.role = 'finance'
+        WHERE i.company_id = :cid AND i.status = 'sent' AND i.due_on IS NOT NULL AND i.due_on < :t0""",
+}
+
+_LIMIT_INSERT = """
+    INSERT INTO email_queue (company_id, to_addrs, subject, body_text, body_html, template, priority, send_after,
+                             idempotency_key, kind, status, attempts, created_at, updated_at)
+    SELECT :cid, jsonb_build_array(d.email), :title || ': ' || d.what,
+           'Hello ' || d.name || E',\\n\\n' || :title || ': ' || d.what || E'\\n',
+           '<p>Hello ' || d.name || '</p><p>' || :title || ': ' || d.what || '</p>',
+           :template, :priority,
+           (CAST(:day AS date) + make_interval(hours => :hour)) AT TIME ZONE coalesce(d.timezone, :zone),
+           'limit:' || :rule || ':' || d.entity_id || ':' || d.recipient_id || ':' || d.period,
+           :kind, 'pending', 0, :now, :now
+    FROM (SELECT DISTINCT ON (entity_id, recipient_id, period) *
+          FROM ({inner}) x ORDER BY entity_id, recipient_id, period) d
+"""
+
+
+def limit_params() -> dict:
+    from bg_ops.defs.reminders.rules.finance import month_end, po_period
+    from bg_ops.defs.reminders.rules.people import celebrated_month_days
+
+    return {
+        "cid": TENANT_ID, "day": DAY.isoformat(), "year": str(DAY.year), "zone": ZONE_NAME, "hour": SEND_HOUR,
+        "now": NOW, "d0": _day_start(0), "d1": _day_start(1), "stalled_cutoff": _day_start(-3 + 1),
+        "task_cutoff": _day_start(2 + 1), "translation_cutoff": _day_start(3 + 1), "core_cutoff": _day_start(-2 + 1),
+        "month_days": celebrated_month_days(DAY), "jan1": date(DAY.year, 1, 1),
+        "t0": DAY, "t1": DAY + timedelta(days=1), "t7": DAY + timedelta(days=7), "t30": DAY + timedelta(days=30),
+        "po_period": po_period(DAY), "po_end": month_end(DAY) + timedelta(days=1),
+    }
+
+
+def run_limit(url: str) -> tuple[float, dict[str, dict]]:
+    """The twelve hand-written statements, each in its own transaction; (seconds, per rule)."""
+    import sqlalchemy as sa
+
+    from bg_ops.db.engine import create_db_engine
+    from bg_ops.defs.reminders.rules import ALL_RULES
+
+    params = limit_params()
+    statements = []
+    for rule in ALL_RULES:
+        if rule.name == "po_expiring" and params["po_period"] is None:
+            continue
+        statements.append((rule, sa.text(_LIMIT_INSERT.format(inner=LIMIT_SQL[rule.name])).bindparams(
+            title=rule.title, template=rule.template, priority=rule.priority, kind=rule.kind, rule=rule.name,
+            **{k: v for k, v in params.items() if f":{k}" in _LIMIT_INSERT or f":{k}" in LIMIT_SQL[rule.name]})))
+    engine = create_db_engine(url)
+    per_rule: dict[str, dict] = {}
+    try:
+        with engine.connect() as conn:
+            conn.execute(sa.text("SELECT 1"))
+        t0 = now_s()
+        for rule, stmt in statements:
+            t = now_s()
+            with engine.begin() as conn:
+                rows = conn.execute(stmt).rowcount
+            per_rule[rule.name] = {"rows": rows, "seconds": round(now_s() - t, 4)}
+        total = now_s() - t0
+    finally:
+        engine.dispose()
+    return total, per_rule
+
+
+# -- our run, in a child process ---------------------------------------------------------------
+
+
+def _status_mb(field: str) -> float:
+    """A memory line of /proc/self/status in MB: VmRSS (now) or VmHWM (peak RSS of this process).
+
+    VmHWM, not ``ru_maxrss``: Linux carries ``ru_maxrss`` across fork and exec, so a child
+    started by a parent holding 170 MB reports at least 170 MB whatever it does itself."""
+    try:
+        with open("/proc/self/status") as fh:
+            for line in fh:
+                if line.startswith(field + ":"):
+                    return round(int(line.split()[1]) / 1024, 1)
+    except OSError:
+        pass
+    return float("nan")
+
+
+def _child(spec: dict) -> dict:
+    """Runs in the child: the daily run on spec['cold'] (and spec['warm'] when given)."""
+    from pathlib import Path
+
+    import sqlalchemy as sa
+
+    from bench.common import Probes
+    from bg_ops.db.engine import create_db_engine, session_scope
+    from bg_ops.defs.email import enqueue as enqueue_mod
+    from bg_ops.defs.email.enqueue import MailSettings
+    from bg_ops.defs.reminders import engine as engine_mod
+    from bg_ops.defs.reminders.engine import RuleContext, run_rule, send_digests
+    from bg_ops.defs.reminders.rules import ALL_RULES
+    from bg_ops.defs.tenants.logic import get_tenant, switched_off_services
+
+    settings = MailSettings(mail_from=MAIL_FROM, files_root=Path("/nonexistent-bench-files"))
+    probes = Probes()
+    from dataclasses import replace
+
+    rules = [replace(r, find=probes.wrap("find (rule query + Python)", r.find)) for r in ALL_RULES]
+    enqueue_mod.prepare = probes.wrap("render + build message", enqueue_mod.prepare)
+    engine_mod.enqueue_many = probes.wrap("enqueue_many", engine_mod.enqueue_many)
+    digests_probe = probes.wrap("send_digests", send_digests)
+
+    def daily_run(url: str) -> dict:
+        engine = create_db_engine(url)
+        with engine.connect() as conn:  # the first connection is not part of the run
+            conn.execute(sa.text("SELECT 1"))
+        probes.reset()
+        per_rule = {}
+        t0 = now_s()
+        for rule in rules:
+            t = now_s()
+            with session_scope(engine) as session:
+                tenant = get_tenant(session, spec["slug"])
+                ctx = RuleContext(tenant=tenant, day=date.fromisoformat(spec["day"]),
+                                  now=datetime.fromisoformat(spec["now"]))
+                result = run_rule(session, rule, ctx, mail_settings=settings,
+                                  globally_off=switched_off_services(session))
+            per_rule[rule.name] = {"seconds": round(now_s() - t, 4), **result.as_metadata(),
+                                   "peak_rss_mb_after": _status_mb("VmHWM")}
+        with session_scope(engine) as session:
+            tenant = get_tenant(session, spec["slug"])
+            ctx = RuleContext(tenant=tenant, day=date.fromisoformat(spec["day"]), now=datetime.fromisoformat(spec["now"]))
+            digests = digests_probe(session, ctx, mail_settings=settings)
+        seconds = now_s() - t0
+        engine.dispose()
+        return {"seconds": seconds, "per_rule": per_rule, "digests": digests, "probes": probes.snapshot()}
+
+    out: dict = {"rss_after_imports_mb": _status_mb("VmRSS"), "peak_rss_after_imports_mb": _status_mb("VmHWM")}
+    if spec.get("profile"):
+        import cProfile
+        import pstats
+
+        prof = cProfile.Profile()
+        prof.enable()
+        out["cold"] = daily_run(spec["cold"])
+        prof.disable()
+        text = io.StringIO()
+        pstats.Stats(prof, stream=text).sort_stats("cumulative").print_stats(40)
+        out["profile_cumulative"] = text.getvalue()
+        text = io.StringIO()
+        pstats.Stats(prof, stream=text).sort_stats("tottime").print_stats(25)
+        out["profile_tottime"] = text.getvalue()
+    else:
+        out["cold"] = daily_run(spec["cold"])
+    out["peak_rss_mb"] = _status_mb("VmHWM")
+    out["rss_after_run_mb"] = _status_mb("VmRSS")
+    if spec.get("warm"):
+        out["warm"] = daily_run(spec["warm"])
+    return out
+
+
+def run_child(spec: dict, timeout: float = 1800) -> dict:
+    proc = subprocess.run(
+        [sys.executable, "-m", "bench.b3_reminder_scan", "--child", json.dumps(spec)],
+        cwd=REPO_ROOT, capture_output=True, text=True, timeout=timeout,
+    )
+    for line in reversed(proc.stdout.splitlines()):
+        if line.startswith("RESULT "):
+            return json.loads(line[len("RESULT "):])
+    raise RuntimeError(f"B3 child failed (exit {proc.returncode}):\n{proc.stderr[-4000:]}")
+
+
+# -- checks --------------------------------------------------------------------------------------
+
+
+def _db_counts(url: str) -> dict:
+    import sqlalchemy as sa
+
+    from bg_ops.db.engine import create_db_engine
+
+    engine = create_db_engine(url)
+    try:
+        with engine.connect() as conn:
+            q = conn.execute(sa.text(
+                "SELECT count(*), count(DISTINCT idempotency_key), count(raw_message) FROM email_queue")).one()
+            log_rows = conn.execute(sa.text("SELECT count(*), count(email_id) FROM reminder_log")).one()
+            notes = conn.execute(sa.text("SELECT count(*) FROM notifications")).scalar_one()
+    finally:
+        engine.dispose()
+    return {"queue": int(q[0]), "distinct_keys": int(q[1]), "built": int(q[2]), "reminder_log": int(log_rows[0]),
+            "log_with_email": int(log_rows[1]), "notifications": int(notes)}
+
+
+# -- one scale -------------------------------------------------------------------------------------
+
+
+def measure_scale(pg: BenchPostgres, scale: float, *, repeats: int = 2, warm: bool = True,
+                  profile: bool = False) -> dict:
+    log(f"B3: scale {scale:g}x: generating and loading the tenant")
+    template, summary = load_world(pg, scale)
+    copies: list[str] = []
+    try:
+        def copy() -> str:
+            name = pg.fresh_database(template)
+            copies.append(name)
+            return name
+
+        log(f"B3: scale {scale:g}x: {summary['total_rows']:,} rows (generated in {summary['generate_s']} s, "
+            f"loaded in {summary['load_s']} s); hand-written INSERT ... SELECT, our run, INSERT ... SELECT again")
+        limits = []
+        limit_db = copy()
+        limits.append(run_limit(pg.url(limit_db)))
+        cold_db = copy()
+        warm_db = copy() if warm else None
+        child = run_child({"cold": pg.url(cold_db), "warm": pg.url(warm_db) if warm_db else None,
+                           "slug": TENANT_SLUG, "day": DAY.isoformat(), "now": NOW.isoformat()})
+        for _ in range(repeats - 1):
+            limits.append(run_limit(pg.url(copy())))
+        limit_s, limit_rules = min(limits, key=lambda x: x[0])
+        counts_cold = _db_counts(pg.url(cold_db))
+        counts_warm = _db_counts(pg.url(warm_db)) if warm_db else None
+        prof = None
+        if profile:
+            prof = run_child({"cold": pg.url(copy()), "slug": TENANT_SLUG, "day": DAY.isoformat(),
+                              "now": NOW.isoformat(), "profile": True})
+    finally:
+        for name in copies:
+            pg.drop(name)
+        pg.drop(template)
+
+    cold, warm = child["cold"], child.get("warm") or child["cold"]
+    mails = sum(r["enqueued"] for r in cold["per_rule"].values())
+    mismatched = {name: {"ours": r["enqueued"], "hand_written": limit_rules.get(name, {}).get("rows", 0)}
+                  for name, r in cold["per_rule"].items()
+                  if r["enqueued"] != limit_rules.get(name, {}).get("rows", 0)}
+    warm_mails = sum(r["enqueued"] for r in warm["per_rule"].values())
+    checks = {
+        "per_rule_equal_to_hand_written": not mismatched,
+        "mismatched_rules": mismatched,
+        "db_cold": counts_cold,
+        "db_warm": counts_warm,
+        "every_rule_found_something": sorted(n for n, r in cold["per_rule"].items() if r["enqueued"] == 0),
+    }
+    ok = (not mismatched and warm_mails == mails
+          and all(c[k] == mails for c in (counts_cold, counts_warm) if c is not None
+                  for k in ("queue", "distinct_keys", "built", "reminder_log", "log_with_email", "notifications")))
+    checks["ok"] = ok
+    out = {
+        "scale": scale, "rows": summary["total_rows"], "table_rows": summary["rows"], "mails": mails,
+        "seconds": round(cold["seconds"], 3), "warm_seconds": round(warm["seconds"], 3) if warm_db else None,
+        "limit_seconds": round(limit_s, 4), "limit_all": [round(x[0], 4) for x in limits],
+        "peak_rss_mb": child["peak_rss_mb"], "rss_after_imports_mb": child["rss_after_imports_mb"],
+        "rss_after_run_mb": child["rss_after_run_mb"],
+        "per_rule": {name: {**r, "hand_written_seconds": limit_rules.get(name, {}).get("seconds")}
+                     for name, r in cold["per_rule"].items()},
+        "probes_cold": cold["probes"], "probes_warm": warm["probes"] if warm_db else None, "checks": checks,
+        "generate_s": summary["generate_s"], "load_s": summary["load_s"],
+    }
+    if prof is not None:
+        out["profile_cumulative"] = prof["profile_cumulative"]
+        out["profile_tottime"] = prof["profile_tottime"]
+    log(f"B3: scale {scale:g}x: {mails:,} mails in {cold['seconds']:.2f} s cold"
+        + (f" ({warm['seconds']:.2f} s warm)" if warm_db else "") + ", "
+        f"hand-written {limit_s:.3f} s; peak RSS {child['peak_rss_mb']:.0f} MB; checks {'ok' if ok else 'FAILED'}")
+    return out
+
+
+def _breakdown(m: dict) -> str:
+    p = {k: v["seconds"] for k, v in m["probes_cold"].items()}
+    build = p.get("render + build message", 0.0)
+    parts = {
+        "render + build message (in enqueue_many)": build,
+        "enqueue_many INSERT + rest": max(0.0, p.get("enqueue_many", 0.0) - build),
+        "rule queries (find)": p.get("find (rule query + Python)", 0.0),
+        "send_digests": p.get("send_digests", 0.0),
+    }
+    slowest = sorted(m["per_rule"].items(), key=lambda kv: kv[1]["seconds"], reverse=True)[:3]
+    return ("daily run: " + dominant(parts, m["seconds"])
+            + " (other = sessions, tenant lookups, reminder_log insert/update, notifications, commits); "
+            + "slowest rules: " + ", ".join(f"{n} {r['seconds']:.2f} s for {r['enqueued']} mails" for n, r in slowest))
+
+
+def run(size: str, pg: BenchPostgres, *, profile: bool = False) -> BenchResult:
+    if size == "full" and os.environ.get("BG_OPS_BENCH_SCALE") == "1":
+        size = "scale"
+    scales = SCALES[size]
+    result = BenchResult(NAME, TITLE, size)
+    measured = [measure_scale(pg, s, repeats=LIMIT_REPEATS[size], warm=WARM[size],
+                              profile=profile and s == HEADLINE_SCALE[size]) for s in scales]
+    head = next(m for m in measured if m["scale"] == HEADLINE_SCALE[size])
+    ratio = head["seconds"] / head["limit_seconds"]
+    note = _breakdown(head)
+    result.figures += [
+        Figure(f"daily run, {head['scale']:g}x ({head['rows']:,} rows, {head['mails']:,} mails): time",
+               head["seconds"], "s", limit=head["limit_seconds"], limit_label="hand-written INSERT…SELECT, s",
+               ratio=round(ratio, 2), goal=f"ratio <= {RATIO_GOAL:g}", ok=ratio <= RATIO_GOAL, note=note),
+        Figure("daily run: absolute time", head["seconds"], "s", limit=TIME_GOAL_S, limit_label="goal, s",
+               ratio=round(head["seconds"] / TIME_GOAL_S, 2), goal=f"< {TIME_GOAL_S:g} s",
+               ok=head["seconds"] < TIME_GOAL_S, note=note),
+        Figure("daily run: peak RSS of the run process", head["peak_rss_mb"], "MB", limit=RSS_GOAL_MB,
+               limit_label=f"goal, MB; {head['rss_after_imports_mb']:.0f} MB after imports",
+               ratio=round(head["peak_rss_mb"] / RSS_GOAL_MB, 2), goal=f"< {RSS_GOAL_MB:g} MB",
+               ok=head["peak_rss_mb"] < RSS_GOAL_MB),
+    ]
+    # B8: growth with the rows (with one scale only, as in quick, there is nothing to compare)
+    small = measured[0]
+    if len(measured) == 1:
+        measured_b8 = []
+    else:
+        measured_b8 = measured
+    small_per_k = 1000 * small["seconds"] / small["rows"]
+    for m in measured_b8:
+        per_k = 1000 * m["seconds"] / m["rows"]
+        big = m is measured[-1] and len(measured) > 1
+        growth = per_k / small_per_k
+        result.figures.append(Figure(
+            f"B8 {m['scale']:g}x ({m['rows']:,} rows, {m['mails']:,} mails): time per 1,000 rows",
+            round(1000 * per_k, 3), "ms", limit=round(1000 * small_per_k, 3),
+            limit_label=f"ms per 1,000 rows at {small['scale']:g}x",
+            ratio=round(growth, 2), goal=f"ratio <= {LINEAR_GOAL:g} (linear)" if big else "",
+            ok=(growth <= LINEAR_GOAL) if big else None,
+            note=f"{m['seconds']:.2f} s; {_breakdown(m)}" if big and growth > LINEAR_GOAL else ""))
+        result.figures.append(Figure(
+            f"B8 {m['scale']:g}x: peak RSS", m["peak_rss_mb"], "MB", limit=small["peak_rss_mb"],
+            limit_label=f"MB at {small['scale']:g}x", ratio=round(m["peak_rss_mb"] / small["peak_rss_mb"], 2),
+            goal=f"< {RSS_GOAL_MB:g} MB" if m is not small else "",
+            ok=(m["peak_rss_mb"] < RSS_GOAL_MB) if m is not small else None,
+            note=(f"{m['peak_rss_mb'] - m['rss_after_imports_mb']:.0f} MB above the {m['rss_after_imports_mb']:.0f} MB "
+                  f"after imports, for {m['mails']:,} mails")))
+    result.checks = {f"scale_{m['scale']:g}x": m["checks"] for m in measured}
+    result.checks["ok"] = all(m["checks"]["ok"] for m in measured)
+    result.details = {
+        "day": DAY.isoformat(), "tenant_zone": ZONE_NAME, "due_fraction": DUE, "pools": dict(POOLS),
+        "memory_method": "peak RSS = VmHWM (/proc/self/status) of the child process that runs the measured part, "
+                         "read right after the cold run (imports included; ru_maxrss is not used: Linux "
+                         "carries it over from the parent across fork and exec)",
+        "timing": "cold = first daily run in a fresh child process after imports and connect; warm = second run "
+                  "in the same process on another copy (not in quick); limit = best of "
+                  f"{LIMIT_REPEATS[size]} runs of the hand-written statements on fresh copies",
+        "scales": measured,
+    }
+    return result
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m bench.b3_reminder_scan", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--size", choices=tuple(SCALES), default="quick")
+    parser.add_argument("--profile", action="store_true", help="also profile the headline run with cProfile")
+    parser.add_argument("--child", help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    if args.child:
+        out = _child(json.loads(args.child))
+        print("RESULT " + json.dumps(out, default=str), flush=True)
+        return 0
+    from bench.common import write_result
+    from bench.run import table
+
+    pg = BenchPostgres().start()
+    try:
+        result = run(args.size, pg, profile=args.profile)
+    finally:
+        pg.stop()
+    write_result(result)
+    print(table([result]))
+    for m in result.details["scales"]:
+        if "profile_cumulative" in m:
+            print(m["profile_tottime"])
+            print(m["profile_cumulative"])
+    return 0 if result.checks_ok else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
