@@ -25,11 +25,12 @@ before rendering and uploading. Figures: p50, p95, max; the limit is the sensor'
 ``minimum_interval_seconds`` read from its definition + 30 s (the goal), ratio p95 / limit.
 Where the time goes, per approval, from Dagster's records (GraphQL: the sensor's ticks, the
 run's creation time and its RUN_STARTING / RUN_START events): waiting for the next sensor tick,
-the tick submitting its runs (it creates them one by one), the run queue (the queued run
-coordinator dequeues every 5 s; tenant tags allow 2 runs per tenant at once, shared with
-``approval_completed_job``, which the same completions trigger), the run worker starting (a new
-Python process importing Dagster and bg_ops), and the run until the PDF is stored (resources,
-loading the journey, rendering, upload).
+the tick submitting its runs (it creates them one by one), the run queue until the queued-run
+daemon launches it (a dequeue pass every 5 s; dagster.yaml allows 8 runs at once and 2 per
+``bg_ops/tenant`` tag; the ``approval_completed_job`` runs the same completions trigger queue
+there too), the run worker starting (a new Python process importing Dagster and bg_ops), and
+the run until the PDF is stored (resources, loading the journey, rendering, upload).
+``details.run_slots`` has how often runs were launched and how many ran at once.
 
 Checks: every approval has exactly one ``archives`` row and exactly one PDF, no PDF is shared,
 no other approval PDF appeared, every archive run succeeded, and no process of ``dagster dev``
@@ -74,7 +75,7 @@ STARTUP_IDLE_S = 300.0  # at most this long for the start-up runs (first ticks l
 PARTS = (
     "waiting for the next sensor tick",  # sensor tick - completed_at
     "sensor tick submitting runs",  # run created - tick (the tick creates its runs one by one)
-    "run queue (dequeue, concurrency limits)",  # run launched (RUN_STARTING) - created
+    "run queue (until the daemon launches it)",  # run launched (RUN_STARTING) - created
     "run worker start (new process, imports)",  # RUN_START - RUN_STARTING
     "run until the PDF is stored (resources, render, upload)",  # file mtime - RUN_START
 )
@@ -663,11 +664,18 @@ def run_slots(runs: list[dict]) -> dict:
         peak[tenant] = max(peak.get(tenant, 0), running[tenant])
         peak_total = max(peak_total, total)
     mean_held = {job: round(sum(v) / len(v), 2) for job, v in sorted(held.items())}
-    summary = ("runs holding a slot: " + ", ".join(f"{job} {v:.1f} s x {len(held[job])}" for job, v in mean_held.items())
-               + f"; at most {peak_total} at once ({', '.join(f'{t} {p}' for t, p in sorted(peak.items()))}): "
-               "the bg_ops/tenant tag allows 2 runs per tenant, shared by archive_document_job and "
-               "approval_completed_job")
+    launches = sorted(t for t, step, _ in edges if step == 1)
+    gaps = [b - a for a, b in zip(launches, launches[1:])]
+    gap = percentile(gaps, 50) if gaps else float("nan")
+    summary = ("runs holding a slot (RUN_STARTING -> end): "
+               + ", ".join(f"{job} {v:.1f} s x {len(held[job])}" for job, v in mean_held.items())
+               + f"; one launch every {gap:.1f} s (median) and at most {peak_total} runs at once "
+               f"(per tenant {', '.join(f'{t} {p}' for t, p in sorted(peak.items()))}; dagster.yaml allows 8, "
+               "2 per bg_ops/tenant): one run per document version, each a new process, and the "
+               "approval_completed_job runs the same completions trigger, all go through the queued-run "
+               "daemon's launches")
     return {"mean_slot_seconds_by_job": mean_held, "runs_by_job": {j: len(v) for j, v in held.items()},
+            "median_gap_between_launches_s": round(gap, 2), "launch_times_s": [round(t - launches[0], 2) for t in launches],
             "peak_concurrent_runs": peak_total, "peak_concurrent_runs_by_tenant": peak, "summary": summary}
 
 
