@@ -105,3 +105,10 @@ def retry_report(done: list[int], ids: tuple[int, ...], all_failed: bool, tenant
         human += ("\nnot retried (unknown, not failed or canceled"
                   + (f", or not of tenant {tenant}" if tenant else "") + f"): {id_list(skipped)}")
     return data, human
+
+
+def figures_table(title: str, rows: list[list[str]]) -> str:
+    """A titled two-column report: labels left-aligned, values right-aligned."""
+    width = max(len(label) for label, _ in rows)
+    vwidth = max(len(value) for _, value in rows)
+    return "\n".join([title] + [f"  {label.ljust(width)}  {value.rjust(vwidth)}" for label, value in rows])

@@ -37,7 +37,7 @@ def emails() -> None:
 from bg_ops.cli.main import EXIT_CONFIG, EXIT_ERROR, CliError, emit, json_option, settings_from  # noqa: E402
 
 from bg_ops.cli.common import (  # noqa: E402
-    age, company_id_for, engine_for, id_list, iso, now_utc, retry_report, short, table,
+    age, company_id_for, engine_for, figures_table, id_list, iso, now_utc, retry_report, short, table,
     tenant_option, tenant_slugs,
 )
 
@@ -112,10 +112,8 @@ def emails_stats(ctx: click.Context, tenant: str | None, as_json: bool) -> None:
         ["failed (last hour)", str(figures["failed_last_hour"])],
         ["error rate (last hour)", f"{rate:.1%}"],
     ]
-    width = max(len(label) for label, _ in rows)
-    vwidth = max(len(value) for _, value in rows)
     title = f"email queue, tenant {tenant}" if tenant else "email queue, all tenants"
-    human = "\n".join([title] + [f"  {label.ljust(width)}  {value.rjust(vwidth)}" for label, value in rows])
+    human = figures_table(title, rows)
     emit(figures, as_json, human)
 
 

@@ -32,7 +32,7 @@ def uploads() -> None:
 # main.py imports this module to register the group, so the group is defined before main is
 # imported: importing bg_ops.cli.uploads on its own (before bg_ops.cli.main) works too.
 from bg_ops.cli.common import (  # noqa: E402
-    age, company_id_for, engine_for, id_list, iso, now_utc, retry_report, short, table, tenant_option,
+    age, company_id_for, engine_for, figures_table, id_list, iso, now_utc, retry_report, short, table, tenant_option,
     tenant_slugs,
 )
 from bg_ops.cli.main import EXIT_CONFIG, EXIT_ERROR, CliError, emit, json_option, settings_from  # noqa: E402
@@ -87,10 +87,8 @@ def uploads_stats(ctx: click.Context, tenant: str | None, as_json: bool) -> None
         ["bytes uploaded", _bytes(figures["bytes_uploaded"])],
     ]
     rows += [[f"  {slug}", _bytes(n)] for slug, n in figures["bytes_by_tenant"].items()]
-    width = max(len(label) for label, _ in rows)
-    vwidth = max(len(value) for _, value in rows)
     title = f"upload queue, tenant {tenant}" if tenant else "upload queue, all tenants"
-    human = "\n".join([title] + [f"  {label.ljust(width)}  {value.rjust(vwidth)}" for label, value in rows])
+    human = figures_table(title, rows)
     emit(figures, as_json, human)
 
 

@@ -48,6 +48,7 @@ from bg_ops.defs.email.message import (
 from bg_ops.defs.email.rendering import TemplateError, render
 from bg_ops.resources.mail import MailConnection, MailError, MailResource
 from bg_ops.util.files import MissingFile, UnsafePath
+from bg_ops.util.backoff import jittered_backoff
 from bg_ops.util.masking import mask_emails_in_text
 
 log = logging.getLogger("bg_ops.email")
@@ -178,12 +179,6 @@ def claim_batch(engine: sa.Engine, *, now: datetime, worker_id: str, policy: Del
     )
 
 
-def backoff_seconds(attempts: int, policy: DeliveryPolicy, rng: random.Random) -> float:
-    """Exponential backoff with jitter: half the step fixed, half random."""
-    step = min(policy.backoff_max_seconds, policy.backoff_base_seconds * 2 ** max(0, attempts - 1))
-    return step / 2 + rng.random() * step / 2
-
-
 class PermanentBuildError(Exception):
     pass
 
@@ -265,7 +260,8 @@ def record_outcomes(engine: sa.Engine, outcomes: list[_Outcome], *, now: datetim
         if o.status == "retry" and o.attempts < policy.max_attempts:
             retries.append({
                 "o_id": o.id, "o_error": o.error, "o_raw": o.raw,
-                "o_next": now + timedelta(seconds=backoff_seconds(o.attempts, policy, rng)),
+                "o_next": now + timedelta(seconds=jittered_backoff(
+                o.attempts, base=policy.backoff_base_seconds, maximum=policy.backoff_max_seconds, rng=rng)),
             })
         elif o.status in ("retry", "failed"):
             error = o.error if o.status == "failed" else f"gave up after {o.attempts} attempts: {o.error}"
@@ -352,6 +348,6 @@ def deliver_due(
 
 
 __all__ = [
-    "SYSTEM_COMPANY_ID", "DeliveryPolicy", "DeliveryReport", "backoff_seconds", "claim_batch",
+    "SYSTEM_COMPANY_ID", "DeliveryPolicy", "DeliveryReport", "claim_batch",
     "count_due", "deliver_due", "due_condition", "record_outcomes", "send_batch",
 ]

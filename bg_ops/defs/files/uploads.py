@@ -37,6 +37,7 @@ from bg_ops.resources.storage import (
     StorageError,
     normalize_cloud_path,
 )
+from bg_ops.util.backoff import jittered_backoff
 from bg_ops.util.content_hash import content_hash_file
 from bg_ops.util.files import MissingFile, UnsafePath, resolve_under_root
 
@@ -208,11 +209,6 @@ def upload_one(row, storage: CloudStorageResource, *, files_root: Path, policy: 
                     delete_local=local if row.delete_after_upload else None, **base)
 
 
-def backoff_seconds(attempts: int, policy: UploadPolicy, rng: random.Random) -> float:
-    step = min(policy.backoff_max_seconds, policy.backoff_base_seconds * 2 ** max(0, attempts - 1))
-    return step / 2 + rng.random() * step / 2
-
-
 def _next_day(now: datetime) -> datetime:
     return datetime.combine(now.date() + timedelta(days=1), time.min, tzinfo=UTC)
 
@@ -227,7 +223,8 @@ def record_outcomes(engine: sa.Engine, outcomes: list[_Outcome], *, now: datetim
         elif o.status == "quota":
             waiting.append({"o_id": o.id, "o_error": o.error, "o_next": now + timedelta(seconds=policy.quota_wait_seconds)})
         elif o.status == "retry" and o.attempts < policy.max_attempts:
-            next_at = now + timedelta(seconds=backoff_seconds(o.attempts, policy, rng))
+            next_at = now + timedelta(seconds=jittered_backoff(
+                o.attempts, base=policy.backoff_base_seconds, maximum=policy.backoff_max_seconds, rng=rng))
             if o.attempts_today >= policy.daily_attempt_cap:
                 next_at = max(next_at, _next_day(now))
             retries.append({"o_id": o.id, "o_error": o.error, "o_next": next_at})
