@@ -345,7 +345,8 @@ def run(size: str, pg: BenchPostgres) -> BenchResult:
                     r["path"], r["baseline"] = path, b
                     runs.append(r)
                     log(f"B1: ({path}) {w} worker(s), batch {batch}: {r['mails_per_s']} mails/s; smtplib just "
-                        f"before: {b['mails_per_s']}; worker time: {r['breakdown']} "
+                        f"before: {b['mails_per_s']} (ratio {r['mails_per_s'] / b['mails_per_s']:.2f}); "
+                        f"worker time: {r['breakdown']} "
                         f"{'ok' if r['ok'] and b['ok'] else 'CHECK FAILED'}")
     finally:
         pool.close()
@@ -368,7 +369,8 @@ def run(size: str, pg: BenchPostgres) -> BenchResult:
         if not ok:
             extra_us = (1 / r["mails_per_s"] - 1 / limit) * 1e6 * w
             note = (
-                f"{extra_us:.0f} us more per mail and connection than smtplib; worker time: {r['breakdown']}; "
+                f"{extra_us:.0f} us more per mail and connection than smtplib; ratio to the smtplib run just "
+                f"before it: {r['mails_per_s'] / r['baseline']['mails_per_s']:.2f}; worker time: {r['breakdown']}; "
                 f"machine {r['machine_cores_busy']} of {CpuMeter().cores} cores busy, sink used "
                 f"{r['sink_cpu_s']} s CPU"
             )

@@ -217,6 +217,69 @@ def test_idempotency_key_returns_the_existing_message(tenants, settings):
     assert len(rows(tenants)) == 1
 
 
+def test_bulk_enqueue_keeps_every_value_and_key_rule(tenants, settings, smtp_server, smtp_mail):
+    """A bulk call large enough for COPY on PostgreSQL (the multi-row INSERT on SQLite):
+    values that need escaping survive, keys queued before and repeats in the call map to
+    the first message, and each new message is sent once with its own bytes."""
+    with session_scope(tenants) as s:
+        before = enqueue(s, Email(company_id=2, to=["old@nordlicht.example"], subject="old", text="t",
+                                  idempotency_key="bulk-7"), now=T0, settings=settings)
+    odd = "Tab\there, back\\slash \\N, line\r\nbreak, Überfällig ✓ — “quotes”"
+    head = "back\\slash \\N Überfällig ✓"
+    emails = [
+        Email(company_id=1 + i % 2, to=[f"u{i}@acme.example"], subject=f"bulk {i}: {head}", text=f"{odd}\n#{i}",
+              html=f"<p>{odd} #{i}</p>", template=None, context=None, reply_to=f"pm{i}@acme.example",
+              priority=("high", "normal", "low")[i % 3], idempotency_key=f"bulk-{i}",
+              send_after=T0 - timedelta(minutes=i) if i % 5 == 0 else None)
+        for i in range(60)
+    ]
+    emails.append(emails[3])  # the same key twice in one call
+    with session_scope(tenants) as s:
+        out = enqueue_many(s, emails, now=T0, settings=settings)
+    assert out[7].id == before.id and not out[7].created
+    assert out[60].id == out[3].id and out[3].created and not out[60].created
+    assert sum(o.created for o in out) == 59 and len({o.id for o in out}) == 60
+    stored = {r.idempotency_key: r for r in rows(tenants)}
+    assert len(stored) == 60 and stored["bulk-7"].subject == "old"
+    r12 = stored["bulk-12"]
+    assert (r12.company_id, r12.subject, r12.body_text, r12.body_html, r12.priority, r12.reply_to, r12.status) == (
+        1, f"bulk 12: {head}", f"{odd}\n#12", f"<p>{odd} #12</p>", "high", "pm12@acme.example", "pending")
+    assert r12.to_addrs == ["u12@acme.example"] and r12.send_after is None and r12.attempts == 0
+    assert stored["bulk-10"].send_after == T0 - timedelta(minutes=10)
+    assert r12.raw_message.startswith(b"From: ") and b"\r\n" in r12.raw_message
+    deliver_due(tenants, smtp_mail, clock=Clock(T0), settings=settings, policy=DeliveryPolicy(batch_size=25))
+    got = sorted(smtp_server.messages, key=lambda m: int(m.message["Subject"].split(":")[0].split()[-1])
+                 if m.message["Subject"].startswith("bulk") else -1)
+    assert [list(m.rcpt_tos) for m in got] == [["old@nordlicht.example"]] + [
+        [f"u{i}@acme.example"] for i in range(60) if i != 7]
+    m12 = next(m for m in got if m.message["Subject"] == f"bulk 12: {head}")
+    sent_text = m12.message.get_body(("plain",)).get_content()
+    assert sent_text.replace("\r\n", "\n").rstrip("\n") == f"{odd}\n#12".replace("\r\n", "\n")
+
+
+def test_bulk_copy_falls_back_when_a_key_turns_up_meanwhile(pg_url, settings):
+    """COPY cannot skip a key another transaction queued after the look-up: the COPY is undone
+    to its savepoint and the rows go in with INSERT … ON CONFLICT DO NOTHING instead."""
+    from bg_ops.db import migrate
+    from bg_ops.defs.email import enqueue as enqueue_mod
+
+    engine = get_engine(pg_url)
+    migrate.create_app_schema(engine)
+    migrate.upgrade(engine)
+    with session_scope(engine) as s:
+        s.add(Company(id=1, name="Acme Creative", slug="acme"))
+    emails = [Email(company_id=1, to=[f"u{i}@acme.example"], subject=f"s{i}", text="t", idempotency_key=f"k{i}")
+              for i in range(enqueue_mod.COPY_MIN_ROWS)]
+    with session_scope(engine) as s:
+        prepared = [enqueue_mod.prepare(e, company=("Acme Creative", "acme"), settings=settings, now=T0).row
+                    for e in emails]
+        # What a concurrent producer would cause: a key the look-up did not see is in the rows twice.
+        assert enqueue_mod._copy_rows(s, prepared + [dict(prepared[0])]) is None
+        assert s.execute(sa.select(sa.func.count()).select_from(q)).scalar_one() == 0  # the COPY was undone
+        out = enqueue_many(s, emails, now=T0, settings=settings)  # the transaction goes on
+    assert all(o.created for o in out) and len(rows(engine)) == enqueue_mod.COPY_MIN_ROWS
+
+
 def test_messages_are_standard_multipart_with_attachments_and_stable_ids(tenants, settings, smtp_server, smtp_mail):
     e = Email(company_id=1, to=["José Müller <jose@acme.example>"], cc=["cc@acme.example"], bcc=["hidden@acme.example"],
               reply_to="pm@acme.example", template="test_message", context={"note": "Überfällig ✓ <b>bold</b>"},

@@ -5,19 +5,24 @@ Any part of bg_ops (or the platform, through this function) calls ``enqueue`` or
 first: an error raises ``EnqueueError`` naming the thing and the fix, and nothing is queued.
 The message is rendered and built here, once, and stored as bytes, so delivery only sends.
 The same idempotency key never queues twice: the call returns the existing message.
+Bulk calls on PostgreSQL COPY their rows (``_copy_rows``); singles are one INSERT.
 """
 
 from __future__ import annotations
 
+import io
+import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
 
 import sqlalchemy as sa
+from sqlalchemy.dialects.postgresql import ARRAY
 from sqlalchemy.orm import Session
 
 from bg_ops.db.app_schema import Company
+from bg_ops.db.bulk import copy_text
 from bg_ops.db.own_schema import EMAIL_KINDS, EMAIL_PRIORITIES, email_queue
 from bg_ops.defs.email.message import (
     AddressError,
@@ -106,8 +111,13 @@ def load_attachments(files_root: Path, paths: Sequence[str] | None) -> list[Atta
     return out
 
 
-def prepare(email: Email, *, company: tuple[str, str], settings: MailSettings, now: datetime) -> _Prepared:
-    """Validate, render and build one message; raise ``EnqueueError``."""
+def prepare(email: Email, *, company: tuple[str, str], settings: MailSettings, now: datetime,
+            bodies_at_delivery: bool = False, rendered_templates: set[str] | None = None) -> _Prepared:
+    """Validate, render and build one message; raise ``EnqueueError``.
+
+    ``bodies_at_delivery``: check the message and render only its subject, leaving the
+    bodies to the delivery job (``deferred.check_deferred``); ``rendered_templates`` names
+    the templates already rendered in full in this call."""
     where = f"message to tenant {email.company_id}"
     try:
         to = parse_addresses(email.to, "to")
@@ -126,7 +136,14 @@ def prepare(email: Email, *, company: tuple[str, str], settings: MailSettings, n
         raise EnqueueError(f"{where}: send_after {email.send_after!r} has no time zone: pass an aware datetime")
 
     subject, text, html = email.subject, email.text, email.html
-    if email.template:
+    if bodies_at_delivery:
+        from bg_ops.defs.email.deferred import check_deferred
+
+        try:
+            subject = subject or check_deferred(email, company, rendered_templates)
+        except TemplateError as exc:
+            raise EnqueueError(f"{where}: {exc}") from None
+    elif email.template:
         try:
             rendered = render(email.template, email.context or {}, company_name=company[0], company_slug=company[1])
         except TemplateError as exc:
@@ -144,7 +161,7 @@ def prepare(email: Email, *, company: tuple[str, str], settings: MailSettings, n
         raise EnqueueError(f"{where}: attachment refused: {exc}") from None
 
     message_id = message_id_for(email.idempotency_key, settings.mail_from)
-    raw = build_message(
+    raw = None if bodies_at_delivery else build_message(
         mail_from=settings.mail_from, to=to, cc=cc, reply_to=reply_to, subject=subject,
         text=text, html=html, message_id=message_id, attachments=attachments,
     )
@@ -195,15 +212,88 @@ def _insert(session: Session):
     return statement
 
 
+# Bulk enqueue on PostgreSQL: from this many rows, COPY instead of a multi-row INSERT (about
+# 3x faster for ~4 KB rows: no parameters to parse per row, bytea sent as text, not hex).
+# Straight into the queue, not through bg_ops.db.bulk's staging table and INSERT … SELECT:
+# one write per row instead of two, about 35% faster for these rows (B2, 2026-12-02).
+COPY_MIN_ROWS = 50
+_COPY_COLUMNS = (
+    "id", "company_id", "to_addrs", "cc_addrs", "bcc_addrs", "reply_to", "subject", "body_text", "body_html",
+    "template", "context", "attachments", "priority", "send_after", "idempotency_key", "kind", "status",
+    "attempts", "message_id", "raw_message", "created_at", "updated_at",
+)
+_BYTEA_UNUSUAL = re.compile(rb"[^\x20-\x7e\r\n]")
+
+
+def _copy_value(value) -> str:
+    """One value in COPY's text format; a built message in bytea's escape format (printable
+    ASCII as itself, CR/LF in octal): half the bytes of hex, and it is ASCII by construction."""
+    if isinstance(value, bytes) and not _BYTEA_UNUSUAL.search(value):
+        return value.replace(b"\\", b"\\\\\\\\").replace(b"\r", b"\\\\015").replace(b"\n", b"\\\\012").decode("ascii")
+    return copy_text(value)
+
+
+def _copy_rows(session: Session, rows: list[dict]) -> tuple[dict[str, int], dict[str, int]] | None:
+    """COPY new rows into the queue; return ({message_id: id} inserted, {key: id} already queued).
+
+    Keys already queued are looked up first and skipped; ids come from the table's sequence
+    so the caller gets them back. A key queued by another transaction in between makes the
+    COPY fail on the unique index: it is undone to its savepoint and ``None`` is returned,
+    so the caller falls back to ``INSERT … ON CONFLICT DO NOTHING``.
+    """
+    keys = [r["idempotency_key"] for r in rows if r["idempotency_key"]]
+    existing: dict[str, int] = {}
+    if keys:
+        existing = dict(session.execute(
+            sa.select(email_queue.c.idempotency_key, email_queue.c.id).where(
+                email_queue.c.idempotency_key == sa.any_(sa.bindparam("keys", keys, type_=ARRAY(sa.String())))
+            )
+        ).all())
+    new = [r for r in rows if not r["idempotency_key"] or r["idempotency_key"] not in existing]
+    if not new:
+        return {}, existing
+    ids = session.execute(
+        sa.text("SELECT nextval(pg_get_serial_sequence('email_queue', 'id')) FROM generate_series(1, :n)"),
+        {"n": len(new)},
+    ).scalars().all()
+    data = io.StringIO()
+    data.writelines(
+        "\t".join([str(row_id), *(_copy_value(r[c]) for c in _COPY_COLUMNS[1:])]) + "\n"
+        for row_id, r in zip(ids, new)
+    )
+    data.seek(0)
+    import psycopg2.errors
+
+    try:
+        with session.begin_nested():
+            cursor = session.connection().connection.driver_connection.cursor()
+            try:
+                cursor.copy_expert(f"COPY email_queue ({', '.join(_COPY_COLUMNS)}) FROM STDIN", data)
+            finally:
+                cursor.close()
+    except sa.exc.DBAPIError as exc:
+        if isinstance(exc.orig, psycopg2.errors.UniqueViolation):
+            return None
+        raise
+    except psycopg2.errors.UniqueViolation:
+        return None
+    return {r["message_id"]: row_id for row_id, r in zip(ids, new)}, existing
+
+
 def enqueue(session: Session, email: Email, *, now: datetime, settings: MailSettings) -> Enqueued:
     return enqueue_many(session, [email], now=now, settings=settings)[0]
 
 
 def enqueue_many(
-    session: Session, emails: Sequence[Email], *, now: datetime, settings: MailSettings
+    session: Session, emails: Sequence[Email], *, now: datetime, settings: MailSettings,
+    bodies_at_delivery: bool = False,
 ) -> list[Enqueued]:
     """Queue many messages in one transaction (the caller's). All or nothing: one invalid
-    message raises ``EnqueueError`` before anything is written."""
+    message raises ``EnqueueError`` before anything is written.
+
+    ``bodies_at_delivery`` (templated mail without attachments, the daily reminder run):
+    every message is checked and its subject rendered now, its bodies rendered and built by
+    the delivery job — see ``bg_ops.defs.email.deferred``."""
     if not emails:
         return []
     companies = company_names(session, {e.company_id for e in emails})
@@ -213,8 +303,17 @@ def enqueue_many(
             f"unknown tenant company_id {unknown[0]}: no company has that id; check the company_id "
             "of the message"
         )
-    prepared = [prepare(e, company=companies[e.company_id], settings=settings, now=now) for e in emails]
+    rendered_templates: set[str] = set()
+    prepared = [prepare(e, company=companies[e.company_id], settings=settings, now=now,
+                        bodies_at_delivery=bodies_at_delivery, rendered_templates=rendered_templates)
+                for e in emails]
+    return insert_prepared(session, prepared)
 
+
+def insert_prepared(session: Session, prepared: Sequence[_Prepared]) -> list[Enqueued]:
+    """Write checked rows into the queue (in the caller's transaction); one ``Enqueued`` per
+    row, in order. A key already queued, or repeated in ``prepared``, returns the first
+    message with that key."""
     # Keys already queued, and repeats inside this call, map to the first message with the key.
     # The insert skips keys already queued (ON CONFLICT DO NOTHING); only the keys it
     # skipped are looked up afterwards, so the usual call (new keys) is one statement.
@@ -226,13 +325,18 @@ def enqueue_many(
             seen.add(p.key)
         to_insert.append(p.row)
     inserted: dict[str, int] = {}
-    if to_insert:
+    existing: dict[str, int] = {}
+    copied = None
+    if len(to_insert) >= COPY_MIN_ROWS and session.get_bind().dialect.name == "postgresql":
+        copied = _copy_rows(session, to_insert)
+    if copied is not None:
+        inserted, existing = copied
+    elif to_insert:
         result = session.execute(_insert(session), to_insert if len(to_insert) > 1 else to_insert[0])
         inserted = {r.message_id: r.id for r in result}
-    existing: dict[str, int] = {}
-    missing = {p.key for p in prepared if p.key and p.message_id not in inserted}
+    missing = {p.key for p in prepared if p.key and p.message_id not in inserted and p.key not in existing}
     if missing:  # queued before, by an earlier call or another transaction
-        existing = dict(
+        existing |= dict(
             session.execute(
                 sa.select(email_queue.c.idempotency_key, email_queue.c.id).where(
                     email_queue.c.idempotency_key.in_(missing)

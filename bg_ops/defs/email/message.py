@@ -81,6 +81,13 @@ def message_id_for(idempotency_key: str | None, mail_from: str) -> str:
 
 
 _QP_HEADER_LENGTH = [email.quoprimime.header_length(bytes([octet])) for octet in range(256)]
+_QP_WIDTH: dict[str, int] = {}
+
+
+def _qp_width(character: str) -> int:
+    """Width of one character in a Q-encoded word (UTF-8), remembered."""
+    width = _QP_WIDTH[character] = sum(_QP_HEADER_LENGTH[o] for o in character.encode("utf-8"))
+    return width
 
 
 class _Utf8Charset(Charset):
@@ -103,31 +110,26 @@ class _Utf8Charset(Charset):
         encoder_module = self._get_encoder(string.encode(codec))
         quoted_printable = encoder_module is email.quoprimime
         extra = len(charset) + RFC2047_CHROME_LEN
+        # Per character: its encoded width (Q) or its octets (B), from a cache.
+        widths = [_QP_WIDTH.get(c) or _qp_width(c) for c in string] if quoted_printable else [
+            1 if c < "\x80" else len(c.encode(codec)) for c in string]
         lines: list[str | None] = []
         start = 0  # first character of the line being filled
-        octets = qp_length = 0  # its encoded size so far
+        used = 0  # its encoded size so far (Q) or its octets (B)
         maxlen = next(maxlengths) - extra
-        for index, character in enumerate(string):
-            encoded = character.encode(codec)
-            if quoted_printable:
-                add = sum(_QP_HEADER_LENGTH[o] for o in encoded)
-                length = qp_length + add
-            else:
-                groups, leftover = divmod(octets + len(encoded), 3)
-                length = groups * 4 + (4 if leftover else 0)
+        for index, width in enumerate(widths):
+            total = used + width
+            length = total if quoted_printable else (total + 2) // 3 * 4
             if length > maxlen:
                 if not lines and index == start:  # nothing fits on the first line
                     lines.append(None)
                 else:
                     lines.append(encoder_module.header_encode(string[start:index].encode(codec), charset=codec))
                 start = index
-                octets = len(encoded)
-                qp_length = sum(_QP_HEADER_LENGTH[o] for o in encoded) if quoted_printable else 0
+                used = width
                 maxlen = next(maxlengths) - extra
             else:
-                octets += len(encoded)
-                if quoted_printable:
-                    qp_length += add
+                used = total
         lines.append(encoder_module.header_encode(string[start:].encode(codec), charset=codec))
         return lines
 

@@ -45,17 +45,32 @@ def template_names() -> list[str]:
 
 def render(name: str, context: Mapping, *, company_name: str, company_slug: str = "") -> Rendered:
     """Render notification ``name`` for a tenant; raise ``TemplateError`` naming what is wrong."""
-    if not name or "/" in name or name.startswith((".", "_")):
-        raise TemplateError(f"template name {name!r} is not valid: use one of {', '.join(template_names())}")
+    _check_name(name)
     html_env, text_env = _environments()
     values = {**dict(context or {}), "company": {"name": company_name, "slug": company_slug}}
-    subject = " ".join(_render(text_env, name, f"{name}.subject.txt", values).split())
-    if not subject:
-        raise TemplateError(f"template {name!r} rendered an empty subject: fix {name}.subject.txt")
-    values["subject"] = subject
+    values["subject"] = subject = _subject(text_env, name, values)
     text = _render(text_env, name, f"{name}.txt", values)
     html = _render(html_env, name, f"{name}.html", values)
     return Rendered(subject=subject, text=text.strip() + "\n", html=html)
+
+
+def render_subject(name: str, context: Mapping, *, company_name: str, company_slug: str = "") -> str:
+    """Only the subject line of notification ``name`` (the rest can be rendered later)."""
+    _check_name(name)
+    values = {**dict(context or {}), "company": {"name": company_name, "slug": company_slug}}
+    return _subject(_environments()[1], name, values)
+
+
+def _subject(text_env: jinja2.Environment, name: str, values: Mapping) -> str:
+    subject = " ".join(_render(text_env, name, f"{name}.subject.txt", values).split())
+    if not subject:
+        raise TemplateError(f"template {name!r} rendered an empty subject: fix {name}.subject.txt")
+    return subject
+
+
+def _check_name(name: str) -> None:
+    if not name or "/" in name or name.startswith((".", "_")):
+        raise TemplateError(f"template name {name!r} is not valid: use one of {', '.join(template_names())}")
 
 
 def _render(env: jinja2.Environment, name: str, filename: str, values: Mapping) -> str:

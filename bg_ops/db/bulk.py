@@ -1,0 +1,138 @@
+"""Insert many rows at once: COPY on PostgreSQL, executemany elsewhere.
+
+A multi-row ``INSERT … VALUES`` with RETURNING (what SQLAlchemy's insertmanyvalues sends)
+costs about 0.2 ms a row on PostgreSQL for the queue tables, most of it building, sending
+and parsing one parameter per column and row. COPY streams the rows as text into a
+temporary table of the same columns, and one ``INSERT … SELECT`` moves them into place with
+the table's defaults, constraints, ``ON CONFLICT DO NOTHING`` and ``RETURNING`` — several
+times faster (B2, B3). It runs in the caller's transaction, so it commits or rolls back with
+the rest of the work.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+from collections.abc import Iterable, Sequence
+from datetime import date, datetime
+from decimal import Decimal
+
+import sqlalchemy as sa
+from sqlalchemy.orm import Session
+
+# Below this many rows the plain statement is as fast and keeps the SQL simple.
+COPY_THRESHOLD = 50
+
+
+def _escape(text: str) -> str:
+    if "\\" in text:
+        text = text.replace("\\", "\\\\")
+    if "\t" in text:
+        text = text.replace("\t", "\\t")
+    if "\n" in text:
+        text = text.replace("\n", "\\n")
+    if "\r" in text:
+        text = text.replace("\r", "\\r")
+    return text
+
+
+def _json(value) -> str:
+    return _escape(json.dumps(value, separators=(",", ":"), ensure_ascii=False))
+
+
+def _bytes(value) -> str:
+    return "\\\\x" + bytes(value).hex()
+
+
+def _datetime(value: datetime) -> str:
+    if value.tzinfo is None:
+        raise ValueError(f"naive datetime {value!r}: pass an aware datetime (UTC)")
+    return value.isoformat()
+
+
+# COPY's text format, by the value's exact type (a dict lookup beats a chain of isinstance).
+_FORMATS = {
+    str: _escape, int: str, float: repr, bool: lambda v: "t" if v else "f",
+    datetime: _datetime, date: date.isoformat, dict: _json, list: _json,
+    bytes: _bytes, bytearray: _bytes, memoryview: _bytes, Decimal: str,
+}
+
+
+def copy_text(value) -> str:
+    """One value in COPY's text format."""
+    if value is None:
+        return "\\N"
+    fmt = _FORMATS.get(type(value))
+    if fmt is None:
+        raise TypeError(f"cannot COPY a {type(value).__name__} value: convert it first")
+    return fmt(value)
+
+
+def insert_rows(
+    session: Session,
+    table: sa.Table,
+    rows: Sequence[dict],
+    *,
+    returning: Sequence[str] = (),
+    conflict_columns: Sequence[str] | None = None,
+) -> list:
+    """Insert ``rows`` (dicts with the same keys) into ``table``; return the RETURNING rows
+    (in no particular order) when ``returning`` names columns.
+
+    ``conflict_columns``: skip rows that collide on this unique key (``ON CONFLICT DO
+    NOTHING``); the skipped rows return nothing."""
+    if not rows:
+        return []
+    columns = list(rows[0])
+    dialect = session.get_bind().dialect.name
+    if dialect != "postgresql" or len(rows) < COPY_THRESHOLD:
+        return _insert_statement(session, table, rows, dialect, returning, conflict_columns)
+
+    staging = f"_bulk_{table.name}"
+    cols = ", ".join(f'"{c}"' for c in columns)
+    conn = session.connection()
+    # A temporary table per connection, emptied after each use (and at commit).
+    conn.exec_driver_sql(
+        f'CREATE TEMP TABLE IF NOT EXISTS "{staging}" ON COMMIT DELETE ROWS AS '
+        f'SELECT {", ".join(f"{c!s}" for c in _quoted(table, columns))} FROM "{table.name}" WITH NO DATA'
+    )
+    buffer = io.StringIO()
+    buffer.writelines("\t".join(copy_text(row[c]) for c in columns) + "\n" for row in rows)
+    buffer.seek(0)
+    cursor = conn.connection.driver_connection.cursor()
+    try:
+        cursor.copy_expert(f'COPY "{staging}" ({cols}) FROM STDIN', buffer)
+    finally:
+        cursor.close()
+    sql = f'INSERT INTO "{table.name}" ({cols}) SELECT {cols} FROM "{staging}"'
+    if conflict_columns:
+        sql += f" ON CONFLICT ({', '.join(conflict_columns)}) DO NOTHING"
+    if returning:
+        sql += " RETURNING " + ", ".join(f'"{c}"' for c in returning)
+    result = conn.execute(sa.text(sql).columns(*[table.c[c] for c in returning]) if returning else sa.text(sql))
+    out = result.all() if returning else []
+    conn.exec_driver_sql(f'DELETE FROM "{staging}"')
+    return out
+
+
+def _quoted(table: sa.Table, columns: Iterable[str]) -> list[str]:
+    for c in columns:
+        if c not in table.c:
+            raise KeyError(f"table {table.name} has no column {c!r}")
+    return [f'"{c}"' for c in columns]
+
+
+def _insert_statement(session, table, rows, dialect, returning, conflict_columns) -> list:
+    if conflict_columns:
+        if dialect == "postgresql":
+            from sqlalchemy.dialects.postgresql import insert
+        else:
+            from sqlalchemy.dialects.sqlite import insert
+        statement = insert(table).on_conflict_do_nothing(index_elements=list(conflict_columns))
+    else:
+        statement = sa.insert(table)
+    if returning:
+        statement = statement.returning(*[table.c[c] for c in returning])
+        return session.execute(statement, list(rows) if len(rows) > 1 else rows[0]).all()
+    session.execute(statement, list(rows))
+    return []

@@ -1,0 +1,126 @@
+"""Bulk inserts (COPY on PostgreSQL) and mail queued for rendering at delivery."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+from email import message_from_bytes, policy
+
+import pytest
+import sqlalchemy as sa
+
+from bg_ops.db.app_schema import Company
+from bg_ops.db.bulk import COPY_THRESHOLD, insert_rows
+from bg_ops.db.engine import session_scope
+from bg_ops.db.own_schema import email_queue, reminder_log
+from bg_ops.defs.email.enqueue import Email, EnqueueError, MailSettings, enqueue_many
+
+NOW = datetime(2026, 11, 23, 6, 0, tzinfo=UTC)
+AWKWARD = "tab\there, new\nline, back\\slash, \\N, quote \" ' ✓ Zoë 東京 \r end"
+
+
+@pytest.fixture
+def tenants(db_engine):
+    with session_scope(db_engine) as s:
+        s.add_all([Company(id=1, name="Kiwi & Co", slug="kiwi", timezone="Pacific/Auckland"),
+                   Company(id=2, name="Aloha", slug="aloha", timezone="Pacific/Honolulu")])
+    return db_engine
+
+
+@pytest.mark.parametrize("count", [3, COPY_THRESHOLD * 3])
+def test_insert_rows_round_trips_every_type_and_skips_conflicts(tenants, count):
+    """Below and above the COPY threshold: text with tabs, newlines, backslashes and non-Latin
+    letters, JSON, bytes, NULLs and aware timestamps come back exactly as written."""
+    rows = [{
+        "company_id": 1 + i % 2, "to_addrs": [f"p{i}@kiwi.example"], "subject": f"{AWKWARD} {i}",
+        "context": {"text": AWKWARD, "n": i, "nested": [1, None, {"ok": True}]}, "priority": "normal",
+        "send_after": NOW + timedelta(minutes=i), "idempotency_key": f"k{i}", "kind": "internal",
+        "status": "pending", "attempts": 0, "raw_message": bytes([i % 256, 0, 255]) + AWKWARD.encode(),
+        "body_text": None, "created_at": NOW, "updated_at": NOW,
+    } for i in range(count)]
+    with session_scope(tenants) as s:
+        first = insert_rows(s, email_queue, rows, returning=("id", "idempotency_key"), conflict_columns=("idempotency_key",))
+    assert sorted(r.idempotency_key for r in first) == sorted(f"k{i}" for i in range(count))
+    # The same keys again, plus one new: only the new one is inserted.
+    again = rows[:2] + [{**rows[0], "idempotency_key": "fresh"}]
+    with session_scope(tenants) as s:
+        second = insert_rows(s, email_queue, again, returning=("idempotency_key",), conflict_columns=("idempotency_key",))
+    assert [r.idempotency_key for r in second] == ["fresh"]
+    with tenants.connect() as c:
+        stored = {r.idempotency_key: r for r in c.execute(sa.select(email_queue))}
+    assert len(stored) == count + 1
+    for i, row in enumerate(rows):
+        got = stored[f"k{i}"]
+        assert got.subject == row["subject"] and got.context == row["context"]
+        assert bytes(got.raw_message) == row["raw_message"] and got.body_text is None
+        assert got.send_after == row["send_after"] and got.company_id == row["company_id"]
+        assert got.created_at == NOW and got.status == "pending"
+
+
+def test_insert_rows_rolls_back_with_the_transaction(tenants):
+    rows = [{"company_id": 1, "rule": "task_due", "entity_id": i, "recipient_id": 7, "period": "2026-11-23",
+             "run_date": "2026-11-23", "digest": False, "created_at": NOW} for i in range(COPY_THRESHOLD * 2)]
+    with pytest.raises(RuntimeError):
+        with session_scope(tenants) as s:
+            insert_rows(s, reminder_log, rows)
+            raise RuntimeError("the rest of the work failed")
+    with tenants.connect() as c:
+        assert c.execute(sa.select(sa.func.count()).select_from(reminder_log)).scalar() == 0
+
+
+def _settings(tmp_path):
+    return MailSettings(mail_from="bg_ops <ops@agency.example>", files_root=tmp_path)
+
+
+def _reminder(i, **overrides):
+    values = dict(company_id=1, to=[f"pat{i}@kiwi.example"], template="reminder_task_due",
+                  context={"recipient_name": f"Pat {i}", "title": f"Proof {i}", "project": "Launch",
+                           "when": "due tomorrow", "due_on": "2026-11-24"},
+                  send_after=NOW + timedelta(hours=2), idempotency_key=f"reminder:1:task_due:{i}:7:2026-11-23")
+    values.update(overrides)
+    return Email(**values)
+
+
+def test_deferred_mail_has_its_subject_now_and_its_bodies_at_delivery(tenants, tmp_path, smtp_server, smtp_mail):
+    """The queue row holds the subject (operators see it) and the template; the delivered
+    mail has both bodies, branded for the tenant, sent once."""
+    from bg_ops.defs.email.delivery import DeliveryPolicy, deliver_due
+
+    settings = _settings(tmp_path)
+    emails = [_reminder(i) for i in range(COPY_THRESHOLD + 10)]
+    with session_scope(tenants) as s:
+        queued = enqueue_many(s, emails, now=NOW, settings=settings, bodies_at_delivery=True)
+        again = enqueue_many(s, emails[:3], now=NOW, settings=settings, bodies_at_delivery=True)
+    assert all(q.created for q in queued) and len({q.id for q in queued}) == len(emails)
+    assert [a.id for a in again] == [q.id for q in queued[:3]] and not any(a.created for a in again)
+    with tenants.connect() as c:
+        rows = c.execute(sa.select(email_queue).order_by(email_queue.c.id)).all()
+    assert [r.subject for r in rows[:2]] == ["[Kiwi & Co] Task due tomorrow: Proof 0",
+                                            "[Kiwi & Co] Task due tomorrow: Proof 1"]
+    assert all(r.body_text is None and r.raw_message is None and r.template == "reminder_task_due" for r in rows)
+
+    deliver_due(tenants, smtp_mail, clock=lambda: NOW + timedelta(hours=3), settings=settings,
+                policy=DeliveryPolicy())
+    received = smtp_server.messages
+    assert sorted(m.rcpt_tos[0] for m in received) == sorted(f"pat{i}@kiwi.example" for i in range(len(emails)))
+    one = next(message_from_bytes(m.data, policy=policy.default) for m in received
+               if m.rcpt_tos == ("pat5@kiwi.example",))
+    assert one["Subject"] == "[Kiwi & Co] Task due tomorrow: Proof 5"
+    text = one.get_body(("plain",)).get_content()
+    html = one.get_body(("html",)).get_content()
+    assert "Hello Pat 5" in text and "Kiwi &amp; Co" in html and "Kiwi & Co" in text
+
+
+@pytest.mark.parametrize("bad, says", [
+    (dict(context={"recipient_name": "Pat"}), "undefined: add it to the context"),
+    (dict(template="reminder_does_not_exist"), "reminder_does_not_exist"),
+    (dict(to=["not an address"]), "not an email address"),
+    (dict(company_id=99), "unknown tenant company_id 99"),
+    (dict(send_after=datetime(2026, 11, 23, 9, 0)), "has no time zone"),
+])
+def test_deferred_mail_refuses_bad_input_and_queues_nothing(tenants, tmp_path, bad, says):
+    emails = [_reminder(i) for i in range(5)] + [_reminder(5, **bad)]
+    with pytest.raises(EnqueueError, match=says):
+        with session_scope(tenants) as s:
+            enqueue_many(s, emails, now=NOW, settings=_settings(tmp_path), bodies_at_delivery=True)
+    with tenants.connect() as c:
+        assert c.execute(sa.select(sa.func.count()).select_from(email_queue)).scalar() == 0
