@@ -15,6 +15,7 @@ from bg_ops.db.own_schema import email_queue as q
 from bg_ops.defs.billing.invoice_trigger import create_billing_task
 from bg_ops.defs.email.enqueue import MailSettings
 from bg_ops.defs.tenants.logic import get_tenant
+from bg_ops_tests.support.mail_rows import queued_mails
 
 NOW = datetime(2026, 11, 23, 15, 0, tzinfo=UTC)  # 10:00 in New York
 FIRST = NOW - timedelta(minutes=10)  # project 10 became billable
@@ -167,8 +168,8 @@ def test_mail_says_who_is_assigned_and_when_it_is_due(world, mail_settings):
     with session_scope(world) as s:
         result = create_billing_task(s, get_tenant(s, "acme"), 10, FIRST, now=NOW, mail_settings=mail_settings)
     assert (result.created, result.assignee_id, result.notice.enqueued) == (True, 3, 1)
-    with world.connect() as c:
-        text = c.execute(sa.select(q.c.body_text)).scalar_one()
+    [mail] = queued_mails(world)
+    text = mail.body_text
     assert "became billable on 2026-11-23" in text and "Umbrella" in text
     assert "due 2026-11-26 17:00" in text and "You are assigned" in text
 

@@ -14,6 +14,7 @@ from bg_ops.db.engine import session_scope
 from bg_ops.db.own_schema import email_queue as q
 from bg_ops.db.own_schema import pto_ledger, reminder_log
 from bg_ops.defs.people.pto import service_years, tier_for
+from bg_ops_tests.support.mail_rows import queued_mails
 
 NOW = datetime(2026, 1, 15, 12, 0, tzinfo=UTC)
 MONTHS = [f"2025-{m:02d}" for m in range(1, 13)]
@@ -193,7 +194,7 @@ def test_a_year_backfilled_equals_the_hand_computed_ledger_and_a_second_backfill
         mails = c.execute(sa.select(q.c.company_id, q.c.to_addrs, q.c.subject).order_by(q.c.id)).all()
         logged = c.execute(sa.select(reminder_log.c.rule, reminder_log.c.entity_id, reminder_log.c.recipient_id,
                                      reminder_log.c.period).order_by(reminder_log.c.id)).all()
-        ben_mail = c.execute(sa.select(q.c.body_text).order_by(q.c.id).limit(1)).scalar_one()
+    ben_mail = queued_mails(staff)[0].body_text
     assert mails == [
         (1, ["ben@acme.example"], "[Acme] Your PTO accrual rises to 10.00 hours a month from June 2025"),
         (1, ["dan@acme.example"], "[Acme] PTO tier change: Ben moves to Experienced (June 2025)"),

@@ -122,6 +122,18 @@ def test_inactive_templates_and_other_tenants_are_untouched(world):
     assert len(tasks(world, 100)) == 3  # Berlin's untouched by Tokyo's run
 
 
+def test_templates_of_a_suspended_project_generate_nothing_until_reinstated(world):
+    with session_scope(world) as s:
+        s.execute(sa.update(Project).where(Project.id == 10).values(status="suspended"))  # client suspension (O7)
+    assert generate(world, days=21) == 1  # only template 102, which has no project
+    assert tasks(world, 100) == [] and len(tasks(world, 102)) == 1
+    # Tokyo's active project is untouched by Berlin's suspension.
+    assert generate(world, slug="tokyo", days=2) == 2 and len(tasks(world, 200)) == 2
+    with session_scope(world) as s:
+        s.execute(sa.update(Project).where(Project.id == 10).values(status="active"))  # reinstated
+    assert generate(world, days=21) == 3 and len(tasks(world, 100)) == 3
+
+
 def test_a_bad_rule_is_skipped_and_reported_without_blocking_the_others(world):
     with session_scope(world) as s:
         s.add(TaskTemplate(id=103, company_id=1, title="Broken", rrule="FREQ=SOMETIMES", dtstart=DTSTART))

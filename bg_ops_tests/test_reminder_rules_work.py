@@ -15,6 +15,7 @@ import dagster as dg
 import pytest
 import sqlalchemy as sa
 
+
 from bg_ops.db.app_schema import (
     Company,
     CoreRequest,
@@ -33,6 +34,7 @@ from bg_ops.defs.reminders.engine import RuleContext, run_rule
 from bg_ops.defs.reminders.rules import ALL_RULES, RULES_BY_NAME
 from bg_ops.defs.reminders.rules.finance import po_period
 from bg_ops.defs.tenants.logic import get_tenant, switched_off_services
+from bg_ops_tests.support.mail_rows import queued_mails
 
 # One of the last 3 days of October (so every rule of this file fires), and a day in the past
 # so the job's date partition exists whatever the wall clock says.
@@ -194,9 +196,8 @@ def sent(engine, rule):
 
 
 def mails(engine):
-    with engine.connect() as c:
-        return c.execute(sa.select(q.c.company_id, q.c.to_addrs, q.c.subject, q.c.body_text, q.c.body_html)
-                         .order_by(q.c.id)).all()
+    """The queued mails with the bodies they will be sent with."""
+    return queued_mails(engine)
 
 
 def expect(pairs, period=DAY.isoformat()):
@@ -333,6 +334,32 @@ def test_invoice_overdue_tells_active_finance_daily(world, mail_settings):
                     "[Kiwi] Invoice INV-504 overdue 30 day(s): Client Co"}
     assert [r.enqueued for r in run_both(world, "invoice_overdue", mail_settings)] == [0, 0]
     assert [r.enqueued for r in run_both(world, "invoice_overdue", mail_settings, day=DAY + days(1))] == [3, 3]
+
+
+def test_items_of_a_suspended_project_are_skipped_by_every_rule(world, mail_settings):
+    """kiwi's project 10 is suspended (client suspension, O7): no rule reminds about its work
+    items (overdue invoices excepted: finance still collects); items of its other projects or
+    without a project still are; aloha (same data) is unaffected."""
+    with session_scope(world) as s:
+        s.execute(sa.update(Project).where(Project.id == 10).values(status="suspended"))
+    expected = {  # rule: (kiwi found, aloha found)
+        "translation_due": (0, 7),             # every translation is in project 10
+        "core_request_not_accepted": (4, 5),   # 200 (project 10) skipped; 202 and 203 have no project
+        "core_request_ready": (0, 1),          # 206 is in project 10
+        "design_queue": (2, 2),                # both designers, but kiwi's digest lists only 301 (project 11)
+        "po_expiring": (2, 4),                 # 400 (project 10) skipped; 405 and 406 remain
+        "invoice_overdue": (2, 2),             # still chased: suspension stops the work, not the debt
+    }
+    for name, counts in expected.items():
+        assert tuple(r.found for r in run_both(world, name, mail_settings)) == counts, name
+    assert sent(world, "core_request_not_accepted")[:4] == [
+        (1, 202, "abe@kiwi.example", DAY.isoformat()), (1, 202, "amy@kiwi.example", DAY.isoformat()),
+        (1, 203, "abe@kiwi.example", DAY.isoformat()), (1, 203, "amy@kiwi.example", DAY.isoformat())]
+    assert [s[1] for s in sent(world, "po_expiring") if s[0] == 1] == [405, 406]
+    digest = next(m for m in mails(world) if m.to_addrs == ["dee@kiwi.example"])
+    assert digest.subject == "[Kiwi] Design queue: 1 item(s) waiting"
+    assert "Logo 301" in digest.body_text and "Banner 300" not in digest.body_text
+    assert {m.company_id for m in mails(world) if "1300" in (m.body_text or "")} == {2}
 
 
 def test_each_rule_switched_off_per_tenant_is_skipped(world, mail_settings):

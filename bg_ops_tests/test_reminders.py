@@ -114,6 +114,53 @@ def test_task_due_uses_local_calendar_days(world, mail_settings):
     ]
 
 
+def test_items_of_a_suspended_project_are_not_reminded_in_either_tenant(world, mail_settings):
+    """Client suspension (O7) sets projects.status = 'suspended': its approvals and tasks get no
+    reminder while the same items of an active project do, and items without a project still do."""
+    overdue = DAY - timedelta(days=2)
+    with session_scope(world) as s:
+        for cid, base, slug, status in [(1, 0, "kiwi", "suspended"), (2, 1000, "aloha", "active"),
+                                        (2, 2000, "aloha", "suspended")]:
+            s.add(Project(id=base + 11, company_id=cid, name=f"{slug} {status}", pm_id=(cid - 1) * 1000 + 1,
+                          status=status))
+            s.flush()
+            s.add(Approval(id=base + 110, company_id=cid, project_id=base + 11, title=f"Proof {base + 110}",
+                           status="in_review", due_at=local(slug, overdue), current_stage=1,
+                           created_at=local(slug, overdue - timedelta(days=5))))
+            s.flush()
+            s.add(ApprovalStep(approval_id=base + 110, stage=1, approver_id=(cid - 1) * 1000 + 2, status="pending"))
+            s.add(Task(id=base + 210, company_id=cid, project_id=base + 11, title=f"Task {base + 210}",
+                       due_at=local(slug, overdue), status="open", assignee_id=(cid - 1) * 1000 + 4))
+        for cid, base, slug in [(1, 0, "kiwi"), (2, 1000, "aloha")]:
+            s.add(Task(id=base + 211, company_id=cid, project_id=None, title=f"Task {base + 211}",
+                       due_at=local(slug, overdue), status="open", assignee_id=base + 4))
+
+    def reminded(rule):
+        with world.connect() as c:
+            return sorted(c.execute(sa.select(reminder_log.c.company_id, reminder_log.c.entity_id)
+                                    .where(reminder_log.c.rule == rule).distinct()).all())
+
+    for slug in ZONES:
+        for rule in ("approval_overdue", "approval_stalled", "task_due"):
+            run(world, slug, rule, mail_settings)
+    # kiwi's project 11 and aloha's project 2011 are suspended; aloha's 1011 is active.
+    assert reminded("approval_overdue") == [(1, 100), (2, 1100), (2, 1110)]
+    assert reminded("approval_stalled") == [(1, 100), (2, 1100), (2, 1110)]
+    assert reminded("task_due") == [(1, 200), (1, 202), (1, 211), (2, 1200), (2, 1202), (2, 1210), (2, 1211)]
+    titles = {m.subject.rsplit(": ", 1)[-1] for m in queued(world)}
+    assert titles.isdisjoint({"Proof 110", "Task 210", "Proof 2110", "Task 2210"})
+    assert {"Proof 1110", "Task 1210", "Task 211", "Task 1211"} <= titles
+    # Reinstated: kiwi's items are reminded again, aloha's suspended project still is not.
+    with session_scope(world) as s:
+        s.execute(sa.update(Project).where(Project.id == 11).values(status="active"))
+    for rule in ("approval_overdue", "task_due"):
+        run(world, "kiwi", rule, mail_settings)
+        run(world, "aloha", rule, mail_settings)
+    assert reminded("approval_overdue") == [(1, 100), (1, 110), (2, 1100), (2, 1110)]
+    assert (1, 210) in reminded("task_due") and (2, 2210) not in reminded("task_due")
+    assert (2, 2110) not in reminded("approval_overdue")
+
+
 def test_approval_stalled_after_three_local_days(world, mail_settings):
     result = run(world, "aloha", "approval_stalled", mail_settings)
     # 1100 has waited since 3 local days ago (stalled), 1101 since 2 days ago 23:59 (not yet).

@@ -26,6 +26,7 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 import sqlalchemy as sa
 from sqlalchemy.orm import Session
 
+from bg_ops.db.bulk import insert_rows
 from bg_ops.db.own_schema import notifications, reminder_log
 from bg_ops.defs.email.enqueue import Email, MailSettings, enqueue_many
 from bg_ops.defs.email.rendering import render
@@ -122,14 +123,8 @@ def send_time(ctx: RuleContext, recipient_zone: str | None) -> datetime:
     return datetime.combine(ctx.day, time(hour=min(max(hour, 0), 23)), tzinfo=zone).astimezone(ZoneInfo("UTC"))
 
 
-def _log_insert(session: Session):
-    if session.get_bind().dialect.name == "postgresql":
-        from sqlalchemy.dialects.postgresql import insert
-    else:
-        from sqlalchemy.dialects.sqlite import insert
-    return insert(reminder_log).on_conflict_do_nothing(
-        index_elements=["company_id", "rule", "entity_id", "recipient_id", "period"]
-    )
+# One reminder per (rule, entity, recipient, period) and tenant: the unique key of reminder_log (R14).
+LOG_KEY = ("company_id", "rule", "entity_id", "recipient_id", "period")
 
 
 @lru_cache(maxsize=None)
@@ -271,15 +266,11 @@ def _deliver_chunk(
     """``deliver_reminders`` for one chunk of ``keyed``."""
     rows = [
         {"company_id": tenant.id, "rule": rule, "entity_id": e, "recipient_id": r, "period": p,
-         "run_date": run_date, "digest": digest, "created_at": now}
+         "run_date": run_date, "digest": digest, "created_at": now, "entity_type": entity_type}
         for (e, r, p) in keyed
     ]
-    inserted = session.execute(
-        _log_insert(session).returning(
-            reminder_log.c.id, reminder_log.c.entity_id, reminder_log.c.recipient_id, reminder_log.c.period
-        ),
-        rows,
-    ).all()
+    inserted = insert_rows(session, reminder_log, rows, returning=("id", "entity_id", "recipient_id", "period"),
+                           conflict_columns=LOG_KEY)
     already_sent = len(keyed) - len(inserted)
     if not inserted:
         return 0, 0, already_sent
@@ -304,19 +295,17 @@ def _deliver_chunk(
             )
             for _log_id, due, period in new
         ]
-        queued = enqueue_many(session, emails, now=now, settings=mail_settings)
+        # Bodies rendered at delivery: checked and subject rendered now (B3, email/deferred.py).
+        queued = enqueue_many(session, emails, now=now, settings=mail_settings, bodies_at_delivery=True)
         _update_log(session, "email_id", {log_id: q.id for (log_id, _, _), q in zip(new, queued, strict=True)})
         enqueued = len(queued)
-    session.execute(
-        sa.insert(notifications),
-        [
-            {"company_id": tenant.id, "user_id": due.recipient_id, "kind": rule,
-             "entity_type": entity_type, "entity_id": due.entity_id,
-             "title": due.context.get("headline") or title, "body": due.context.get("summary"),
-             "created_at": now}
-            for _log_id, due, _period in new
-        ],
-    )
+    insert_rows(session, notifications, [
+        {"company_id": tenant.id, "user_id": due.recipient_id, "kind": rule,
+         "entity_type": entity_type, "entity_id": due.entity_id,
+         "title": due.context.get("headline") or title, "body": due.context.get("summary"),
+         "created_at": now}
+        for _log_id, due, _period in new
+    ])
     return enqueued, digested, already_sent
 
 

@@ -17,8 +17,10 @@ import dagster as dg
 import sqlalchemy as sa
 from sqlalchemy.orm import Session
 
-from bg_ops.db.app_schema import Task, TaskTemplate, User
+from bg_ops.db.app_schema import Project, Task, TaskTemplate, User
 from bg_ops.defs.reminders.recurrence import RecurrenceError, occurrences
+from bg_ops.defs.reminders.rules.common import SUSPENDED
+from bg_ops.defs.retries import TRANSIENT_RETRY
 from bg_ops.defs.tenants.logic import Tenant, get_tenant, switched_off_by, switched_off_services
 from bg_ops.resources.database import DatabaseResource
 
@@ -39,6 +41,7 @@ def generate_recurring_tasks(
     *, errors: list[str] | None = None,
 ) -> int:
     """Insert the missing task instances of the tenant's active templates; return how many.
+    Templates of a suspended project generate nothing until the client is reinstated.
 
     A template whose rule cannot be read is skipped (its message appended to ``errors``), so
     one bad row never blocks the other templates.
@@ -47,7 +50,10 @@ def generate_recurring_tasks(
     templates = session.execute(
         sa.select(TaskTemplate.id, TaskTemplate.project_id, TaskTemplate.title, TaskTemplate.rrule,
                   TaskTemplate.dtstart, TaskTemplate.assignee_id)
-        .where(TaskTemplate.company_id == tenant.id, TaskTemplate.is_active.is_(True))
+        .where(TaskTemplate.company_id == tenant.id, TaskTemplate.is_active.is_(True),
+               # A suspended client's project (O7) gets no new tasks; templates without a project do.
+               ~sa.exists().where(Project.id == TaskTemplate.project_id, Project.company_id == tenant.id,
+                                  Project.status == SUSPENDED))
         .order_by(TaskTemplate.id)
     ).all()
     if not templates:
@@ -97,7 +103,7 @@ def _now() -> datetime:
     ),
     tags={"domain": "reminders"},
     out=dg.Out(dg.Nothing),
-    retry_policy=dg.RetryPolicy(max_retries=3, delay=10, backoff=dg.Backoff.EXPONENTIAL, jitter=dg.Jitter.PLUS_MINUS),
+    retry_policy=TRANSIENT_RETRY,
 )
 def generate_recurring_tasks_op(context: dg.OpExecutionContext, run: dict, database: DatabaseResource) -> None:
     if run.get("dry_run"):

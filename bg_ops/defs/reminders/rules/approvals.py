@@ -7,14 +7,15 @@ from sqlalchemy.orm import aliased
 
 from bg_ops.db.app_schema import Approval, ApprovalStep, Project
 from bg_ops.defs.reminders.engine import Rule, RuleContext
-from bg_ops.defs.reminders.rules.common import dues, local_date, recipient, recipient_columns
+from bg_ops.defs.reminders.rules.common import dues, local_date, not_suspended, recipient, recipient_columns
 
 DEFAULT_STALLED_DAYS = 3
 
 
 def _overdue_rows(session, ctx: RuleContext):
     a, p = Approval, Project
-    where = (a.company_id == ctx.tenant.id, a.status == "in_review", a.due_at < ctx.day_start(0))
+    where = (a.company_id == ctx.tenant.id, a.status == "in_review", a.due_at < ctx.day_start(0),
+             not_suspended(ctx, a.project_id))
     base = [a.id.label("entity_id"), a.title, a.due_at, p.name.label("project")]
     approver, approver_ok = recipient(ctx, ApprovalStep.approver_id)
     approvers = (
@@ -72,7 +73,7 @@ def find_approval_stalled(session, ctx: RuleContext):
         .join(ApprovalStep, sa.and_(ApprovalStep.approval_id == a.id, ApprovalStep.stage == a.current_stage,
                                     ApprovalStep.status == "pending"))
         .join(approver, approver_ok)
-        .where(a.company_id == ctx.tenant.id, a.status == "in_review")
+        .where(a.company_id == ctx.tenant.id, a.status == "in_review", not_suspended(ctx, a.project_id))
         .order_by(a.id, approver.id)
     ).all()
     # "Pending longer than N days": its local start date is N or more days before the run day.

@@ -7,10 +7,11 @@ from datetime import date, datetime
 import sqlalchemy as sa
 from sqlalchemy.orm import aliased
 
-from bg_ops.db.app_schema import User
+from bg_ops.db.app_schema import Project, User
 from bg_ops.defs.reminders.engine import Due, RuleContext
 
 RECIPIENT_COLUMNS = ("recipient_id", "email", "name", "timezone")
+SUSPENDED = "suspended"  # projects.status set by client suspension (O7): no reminders about its items
 
 
 def recipient(ctx: RuleContext, user_id_column, alias_name: str = "recipient"):
@@ -18,6 +19,13 @@ def recipient(ctx: RuleContext, user_id_column, alias_name: str = "recipient"):
     u = aliased(User, name=alias_name)
     cond = sa.and_(u.id == user_id_column, u.company_id == ctx.tenant.id, u.is_active.is_(True))
     return u, cond
+
+
+def not_suspended(ctx: RuleContext, project_id_column):
+    """True unless ``project_id_column`` names a suspended project of this tenant: items of a
+    suspended client's projects are not reminded about; items without a project are unaffected."""
+    p = aliased(Project, name="suspended_project")
+    return ~sa.exists().where(p.id == project_id_column, p.company_id == ctx.tenant.id, p.status == SUSPENDED)
 
 
 def recipient_columns(u) -> list:

@@ -6,7 +6,7 @@ import sqlalchemy as sa
 
 from bg_ops.db.app_schema import CoreRequest, Project
 from bg_ops.defs.reminders.engine import Rule, RuleContext
-from bg_ops.defs.reminders.rules.common import dues, local_date, recipient, recipient_columns
+from bg_ops.defs.reminders.rules.common import dues, local_date, not_suspended, recipient, recipient_columns
 from bg_ops.defs.reminders.rules.by_role import no_active_user, role_members
 
 DEFAULT_NOT_ACCEPTED_DAYS = 2
@@ -21,7 +21,7 @@ def find_core_request_not_accepted(session, ctx: RuleContext):
     n = max(ctx.setting("core_request_not_accepted.days", DEFAULT_NOT_ACCEPTED_DAYS), 0)
     c, p = CoreRequest, Project
     where = (c.company_id == ctx.tenant.id, c.status == "submitted", c.accepted_at.is_(None),
-             c.submitted_at < ctx.day_start(-n + 1))
+             c.submitted_at < ctx.day_start(-n + 1), not_suspended(ctx, c.project_id))
     base = [c.id.label("entity_id"), c.title, c.submitted_at, p.name.label("project")]
     am, am_ok = recipient(ctx, c.account_manager_id, "account_manager")
     own = (
@@ -65,7 +65,7 @@ def find_core_request_ready(session, ctx: RuleContext):
         sa.select(c.id.label("entity_id"), c.title, c.updated_at, p.name.label("project"),
                   *recipient_columns(approver))
         .select_from(c).outerjoin(p, _project_ok(ctx)).join(approver, approver_ok)
-        .where(c.company_id == ctx.tenant.id, c.status == "ready_for_approval")
+        .where(c.company_id == ctx.tenant.id, c.status == "ready_for_approval", not_suspended(ctx, c.project_id))
         .order_by(c.id, approver.id)
     ).all()
 

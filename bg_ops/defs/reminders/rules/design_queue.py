@@ -6,7 +6,7 @@ import sqlalchemy as sa
 
 from bg_ops.db.app_schema import DesignQueueItem, Project
 from bg_ops.defs.reminders.engine import Rule, RuleContext
-from bg_ops.defs.reminders.rules.common import dues, local_date, recipient_columns
+from bg_ops.defs.reminders.rules.common import dues, local_date, not_suspended, recipient_columns
 from bg_ops.defs.reminders.rules.by_role import role_members
 
 
@@ -17,7 +17,8 @@ def find_design_queue(session, ctx: RuleContext):
     items = session.execute(
         sa.select(d.id, d.title, d.queued_at, p.name.label("project"))
         .select_from(d).outerjoin(p, sa.and_(p.id == d.project_id, p.company_id == ctx.tenant.id))
-        .where(d.company_id == ctx.tenant.id, d.status == "queued", d.queued_at < ctx.day_start(1))
+        .where(d.company_id == ctx.tenant.id, d.status == "queued", d.queued_at < ctx.day_start(1),
+               not_suspended(ctx, d.project_id))
         .order_by(d.queued_at, d.id)
     ).all()
     if not items:

@@ -10,7 +10,7 @@ import sqlalchemy as sa
 
 from bg_ops.db.app_schema import Invoice, Project, PurchaseOrder
 from bg_ops.defs.reminders.engine import Rule, RuleContext
-from bg_ops.defs.reminders.rules.common import dues, recipient, recipient_columns
+from bg_ops.defs.reminders.rules.common import dues, not_suspended, recipient, recipient_columns
 from bg_ops.defs.reminders.rules.by_role import role_members
 
 PO_END_OF_MONTH_DAYS = 3  # the rule runs on the 1st and on the last 3 days of the month
@@ -43,7 +43,7 @@ def find_po_expiring(session, ctx: RuleContext):
     po, p = PurchaseOrder, Project
     # Half-open range: correct for dates stored as 'YYYY-MM-DD' text with a time part too.
     where = (po.company_id == ctx.tenant.id, po.status == "open", po.expires_on >= ctx.day,
-             po.expires_on < month_end(ctx.day) + timedelta(days=1))
+             po.expires_on < month_end(ctx.day) + timedelta(days=1), not_suspended(ctx, po.project_id))
     base = [po.id.label("entity_id"), po.number, po.amount, po.currency, po.expires_on, p.name.label("project")]
     project_ok = sa.and_(p.id == po.project_id, p.company_id == ctx.tenant.id)
     fin, fin_ok = role_members(ctx, "finance", "finance")
@@ -82,7 +82,8 @@ po_expiring = Rule(
 
 
 def find_invoice_overdue(session, ctx: RuleContext):
-    """Sent invoices whose due date is before the run day: every finance user."""
+    """Sent invoices whose due date is before the run day: every finance user. A suspended
+    client's invoices are still chased: suspension stops the work, not the debt."""
     inv, p = Invoice, Project
     fin, fin_ok = role_members(ctx, "finance", "finance")
     rows = session.execute(

@@ -6,7 +6,7 @@ import sqlalchemy as sa
 
 from bg_ops.db.app_schema import Project, Task
 from bg_ops.defs.reminders.engine import Rule, RuleContext
-from bg_ops.defs.reminders.rules.common import dues, local_date, recipient, recipient_columns
+from bg_ops.defs.reminders.rules.common import dues, local_date, not_suspended, recipient, recipient_columns
 
 DEFAULT_DUE_SOON_DAYS = 2
 
@@ -21,7 +21,8 @@ def find_task_due(session, ctx: RuleContext):
         .join(assignee, ok)
         .outerjoin(Project, sa.and_(Project.id == Task.project_id, Project.company_id == ctx.tenant.id))
         .where(Task.company_id == ctx.tenant.id, Task.status.in_(("open", "in_progress")),
-               Task.due_at.is_not(None), Task.due_at < ctx.day_start(n + 1))
+               Task.due_at.is_not(None), Task.due_at < ctx.day_start(n + 1),
+               not_suspended(ctx, Task.project_id))
         .order_by(Task.id)
     ).all()
 

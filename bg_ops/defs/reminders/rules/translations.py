@@ -6,7 +6,7 @@ import sqlalchemy as sa
 
 from bg_ops.db.app_schema import Project, Translation
 from bg_ops.defs.reminders.engine import Rule, RuleContext
-from bg_ops.defs.reminders.rules.common import dues, local_date, recipient, recipient_columns
+from bg_ops.defs.reminders.rules.common import dues, local_date, not_suspended, recipient, recipient_columns
 from bg_ops.defs.reminders.rules.by_role import no_active_user, role_members
 
 DEFAULT_DUE_SOON_DAYS = 3
@@ -14,7 +14,8 @@ DEFAULT_DUE_SOON_DAYS = 3
 
 def _rows(session, ctx: RuleContext, n: int):
     t, p = Translation, Project
-    where = (t.company_id == ctx.tenant.id, t.status == "open", t.due_at < ctx.day_start(n + 1))
+    where = (t.company_id == ctx.tenant.id, t.status == "open", t.due_at < ctx.day_start(n + 1),
+             not_suspended(ctx, t.project_id))
     base = [t.id.label("entity_id"), t.language, t.due_at, p.name.label("project")]
     project_ok = sa.and_(p.id == t.project_id, p.company_id == ctx.tenant.id)
     # The assignee when it is an active user of the tenant ...
