@@ -221,8 +221,8 @@ SENSOR_QUERY = """{ sensorOrError(sensorSelector: {repositoryLocationName: "%s",
   ticks(limit: %d) { timestamp endTimestamp status runIds } } } } }"""
 ACTIVE_RUNS_QUERY = """{ runsOrError(filter: {statuses: %s}, limit: 200) { __typename
   ... on Runs { results { runId jobName status } } } }""" % ACTIVE_STATUSES
-ARCHIVE_RUNS_QUERY = """{ runsOrError(filter: {tags: [{key: "bg_ops/doc_type", value: "approval"}]}, limit: 1000) {
-  __typename ... on Runs { results { runId status creationTime startTime endTime
+ARCHIVE_RUNS_QUERY = """{ runsOrError(filter: {pipelineName: "archive_document_job"}, limit: 1000) {
+  __typename ... on Runs { results { runId status creationTime startTime endTime runConfigYaml
   tags { key value } } } } }"""
 RUN_EVENTS_QUERY = """{ runOrError(runId: "%s") { __typename ... on Run { eventConnection(limit: 500) {
   events { __typename ... on MessageEvent { timestamp } } } } } }"""
@@ -238,6 +238,17 @@ def run_events(dev: DagsterDev, run_id: str) -> dict[str, float]:
         if ev.get("timestamp"):
             out.setdefault(ev["__typename"], int(ev["timestamp"]) / 1000)
     return out
+
+
+def approvals_of_run(run: dict) -> list[int]:
+    """The approval ids an archive run was asked to archive (its run config: the sensor's
+    ``documents`` list of the tenant's new versions, or one ``doc_type``/``doc_id``)."""
+    import yaml
+
+    config = ((yaml.safe_load(run.get("runConfigYaml") or "") or {}).get("ops", {})
+              .get("archive_document", {}).get("config", {}))
+    docs = config.get("documents") or ([config] if config.get("doc_type") else [])
+    return [int(d["doc_id"]) for d in docs if d.get("doc_type") == "approval"]
 
 
 def sensor_state(dev: DagsterDev, ticks: int = 200) -> dict:
@@ -516,10 +527,9 @@ def run(size: str, pg=None, *, run_quick: bool = False, keep: bool = False) -> B
 
     # -- per approval: latency and where it went ------------------------------------------------
     for r in runs:
-        tags = {tg["key"]: tg["value"] for tg in r["tags"]}
-        parts = tags.get("dagster/run_key", "").split("|")
-        if len(parts) >= 3 and parts[1] == "approval" and parts[2].isdigit() and int(parts[2]) in by_id:
-            by_id[int(parts[2])].runs.append(r)
+        for approval_id in approvals_of_run(r):
+            if approval_id in by_id:
+                by_id[approval_id].runs.append(r)
     tick_of = {rid: tk["timestamp"] for tk in ticks for rid in tk["runIds"]}
     rows_out = []
     latencies: list[float] = []
@@ -671,9 +681,9 @@ def run_slots(runs: list[dict]) -> dict:
                + ", ".join(f"{job} {v:.1f} s x {len(held[job])}" for job, v in mean_held.items())
                + f"; one launch every {gap:.1f} s (median) and at most {peak_total} runs at once "
                f"(per tenant {', '.join(f'{t} {p}' for t, p in sorted(peak.items()))}; dagster.yaml allows 8, "
-               "2 per bg_ops/tenant): one run per document version, each a new process, and the "
-               "approval_completed_job runs the same completions trigger, all go through the queued-run "
-               "daemon's launches")
+               "2 per bg_ops/tenant): each run a new process; archive runs take a tenant's new versions of "
+               "one sensor tick together, the approval_completed_job runs the same completions trigger are "
+               "one per approval; all go through the queued-run daemon's launches")
     return {"mean_slot_seconds_by_job": mean_held, "runs_by_job": {j: len(v) for j, v in held.items()},
             "median_gap_between_launches_s": round(gap, 2), "launch_times_s": [round(t - launches[0], 2) for t in launches],
             "peak_concurrent_runs": peak_total, "peak_concurrent_runs_by_tenant": peak, "summary": summary}

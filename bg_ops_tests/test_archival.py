@@ -200,7 +200,12 @@ def _tick(db_url, instance, cursor, monkeypatch, now=NOW):
     return archival_defs.document_archival_sensor(ctx)
 
 
-def test_sensor_requests_one_run_per_version_and_never_twice(world, db_url, instance, monkeypatch):
+def _docs(request) -> list[tuple[str, int, str]]:
+    return [(d["doc_type"], d["doc_id"], d["version_key"])
+            for d in request.run_config["ops"]["archive_document"]["config"]["documents"]]
+
+
+def test_sensor_requests_one_run_per_tenant_and_each_version_never_twice(world, db_url, instance, monkeypatch):
     with session_scope(world) as s:  # a tenant with archival switched off is passed over
         s.add(Company(id=3, name="Quiet", slug="quiet", settings={"archival": False}))
         s.flush()
@@ -209,34 +214,78 @@ def test_sensor_requests_one_run_per_version_and_never_twice(world, db_url, inst
         s.add(Approval(id=300, company_id=3, project_id=30, title="Off", status="completed", completed_at=DONE))
     instance.add_dynamic_partitions("tenants", ["nordlicht"])
     first = _tick(db_url, instance, None, monkeypatch)
-    assert [(r.partition_key, r.run_key) for r in first.run_requests] == [
-        ("nordlicht", f"archive|approval|100|{DONE.isoformat()}"),
-        ("kiwi", f"archive|approval|200|{(DONE + timedelta(minutes=1)).isoformat()}"),
-        ("nordlicht", f"archive|invoice|300|{(DONE + timedelta(minutes=5)).isoformat()}|sent"),
+    # One run per tenant with all its new versions, oldest first; tenants never share a run.
+    assert [(r.partition_key, _docs(r)) for r in first.run_requests] == [
+        ("nordlicht", [("approval", 100, DONE.isoformat()),
+                       ("invoice", 300, f"{(DONE + timedelta(minutes=5)).isoformat()}|sent")]),
+        ("kiwi", [("approval", 200, (DONE + timedelta(minutes=1)).isoformat())]),
     ]
-    assert first.run_requests[0].run_config == {"ops": {"archive_document": {"config": {
-        "doc_type": "approval", "doc_id": 100, "version_key": DONE.isoformat()}}}}
-    assert first.run_requests[1].tags["bg_ops/tenant"] == "kiwi"
+    assert [r.tags["bg_ops/tenant"] for r in first.run_requests] == ["nordlicht", "kiwi"]
+    assert first.run_requests[0].tags["bg_ops/doc_type"] == "approval,invoice"
+    assert first.run_requests[0].run_key.startswith("archive|nordlicht|2|")
+    assert first.run_requests[1].run_key.startswith("archive|kiwi|1|")
     assert [list(r.partition_keys) for r in first.dynamic_partitions_requests] == [["kiwi"]]
+    # The run key is the version set's: the same set, the same key, a different set, another.
+    again = _tick(db_url, instance, None, monkeypatch)
+    assert [r.run_key for r in again.run_requests] == [r.run_key for r in first.run_requests]
 
     # Later ticks with the stored cursor: nothing is requested again.
     second = _tick(db_url, instance, first.cursor, monkeypatch, NOW + timedelta(minutes=1))
     assert second.run_requests == [] and second.skip_reason
 
     # Completed again (a new version), and a completion that committed late, with a
-    # completed_at behind the cursor: each requested once.
+    # completed_at behind the cursor: each requested once, together.
     complete_again(world, 100, NOW + timedelta(minutes=2))
     with session_scope(world) as s:
         s.add(Approval(id=102, company_id=1, project_id=10, title="Late", status="completed",
                        completed_at=DONE - timedelta(minutes=1)))
     third = _tick(db_url, instance, second.cursor, monkeypatch, NOW + timedelta(minutes=3))
-    assert [r.run_key for r in third.run_requests] == [
-        f"archive|approval|102|{(DONE - timedelta(minutes=1)).isoformat()}",
-        f"archive|approval|100|{(NOW + timedelta(minutes=2)).isoformat()}",
-    ]
+    assert [(r.partition_key, _docs(r)) for r in third.run_requests] == [("nordlicht", [
+        ("approval", 102, (DONE - timedelta(minutes=1)).isoformat()),
+        ("approval", 100, (NOW + timedelta(minutes=2)).isoformat()),
+    ])]
+    assert third.run_requests[0].run_key not in {r.run_key for r in first.run_requests}
     fourth = _tick(db_url, instance, third.cursor, monkeypatch, NOW + timedelta(minutes=4))
     assert fourth.run_requests == []
     assert set(json.loads(fourth.cursor)) == {"approval", "core_request", "invoice", "estimate"}
+
+
+def test_a_future_dated_completion_does_not_hide_the_ones_before_its_time(world, db_url, instance, monkeypatch):
+    """Demo data or another program's clock can stamp completed_at ahead of ours: that approval
+    is archived once, and completions stamped before its time are still seen."""
+    instance.add_dynamic_partitions("tenants", ["nordlicht", "kiwi"])
+    with session_scope(world) as s:
+        s.add(Approval(id=120, company_id=1, project_id=10, title="Ahead", status="completed",
+                       completed_at=NOW + timedelta(hours=8)))
+    first = _tick(db_url, instance, None, monkeypatch)
+    assert ("approval", 120) in {(t, i) for r in first.run_requests for t, i, _ in _docs(r)}
+    with session_scope(world) as s:
+        s.add(Approval(id=121, company_id=1, project_id=10, title="Now", status="completed",
+                       completed_at=NOW + timedelta(minutes=1)))
+    second = _tick(db_url, instance, first.cursor, monkeypatch, NOW + timedelta(minutes=2))
+    assert [(r.partition_key, [(t, i) for t, i, _ in _docs(r)]) for r in second.run_requests] == [
+        ("nordlicht", [("approval", 121)])]
+    third = _tick(db_url, instance, second.cursor, monkeypatch, NOW + timedelta(hours=9))
+    assert third.run_requests == []
+
+
+def test_a_busy_tenant_is_split_into_runs_of_at_most_per_run_versions(world, instance):
+    from bg_ops.defs.files import archival
+
+    with session_scope(world) as s:
+        for i in range(3):
+            s.add(Approval(id=110 + i, company_id=1, project_id=10, title=f"More {i}", status="completed",
+                           completed_at=DONE + timedelta(seconds=10 + i)))
+    with session_scope(world) as s:
+        plan = archival.plan_archival_runs(s, archival.ArchivalCursor(start=DONE - timedelta(hours=1)),
+                                           existing_partitions=["nordlicht", "kiwi"], per_run=2)
+    assert [(r.partition_key, [(d.doc_type, d.doc_id) for d in r.docs]) for r in plan.runs] == [
+        ("nordlicht", [("approval", 100), ("approval", 110)]),
+        ("nordlicht", [("approval", 111), ("approval", 112)]),
+        ("nordlicht", [("invoice", 300)]),
+        ("kiwi", [("approval", 200)]),
+    ]
+    assert len({r.run_key for r in plan.runs}) == 4
 
 
 def test_archive_job_runs_in_the_tenant_partition(world, db_url, instance, tmp_path):
@@ -328,3 +377,41 @@ def _cjk_test_font(path, chars: str):
     fb.setupPost()
     fb.save(str(path))
     return path
+
+
+def test_one_run_archives_each_of_its_documents_once_and_a_rerun_adds_nothing(world, db_url, instance, tmp_path):
+    storage = LocalStorageResource(storage_dir=str(tmp_path / "cloud"))
+    resources = {"database": DatabaseResource(url=db_url), "storage": storage,
+                 "files": FilesResource(root=str(tmp_path / "files"))}
+    instance.add_dynamic_partitions("tenants", ["nordlicht", "kiwi"])
+    documents = [{"doc_type": "approval", "doc_id": 100}, {"doc_type": "approval", "doc_id": 200},
+                 {"doc_type": "invoice", "doc_id": 300}]
+
+    def run() -> dict:
+        result = archival_defs.archive_document_job.execute_in_process(
+            instance=instance, partition_key="nordlicht", resources=resources,
+            run_config={"ops": {"archive_document": {"config": {"documents": documents}}}})
+        assert result.success
+        [output] = [e for e in result.all_events if e.is_successful_output]
+        return {k: v.value for k, v in output.step_output_data.metadata.items()}
+
+    first = run()
+    assert [(r["doc_type"], r["doc_id"], r["status"]) for r in first["results"]] == [
+        ("approval", 100, "archived"), ("approval", 200, "not_found"), ("invoice", 300, "archived")]
+    assert (first["documents"], first["n_archived"], first["n_not_found"]) == (3, 2, 1)
+    assert storage.get_metadata("/kiwi") is None  # Kiwi's approval is not Nordlicht's to archive
+    files_before = pdf_files(storage, "/nordlicht")
+    assert len(files_before) == 2
+    second = run()
+    assert [r["status"] for r in second["results"]] == ["already_archived", "not_found", "already_archived"]
+    assert pdf_files(storage, "/nordlicht") == files_before
+    with world.connect() as c:
+        assert c.execute(sa.select(sa.func.count()).select_from(archives)).scalar() == 2
+
+    # Both forms at once, or neither: one clear error, nothing archived.
+    with pytest.raises(dg.Failure, match="not both"):
+        archival_defs.archive_document_job.execute_in_process(
+            instance=instance, partition_key="kiwi", resources=resources,
+            run_config={"ops": {"archive_document": {"config": {"documents": documents, "doc_type": "approval",
+                                                                 "doc_id": 200}}}})
+    assert storage.get_metadata("/kiwi") is None

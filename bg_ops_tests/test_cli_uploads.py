@@ -75,16 +75,22 @@ def one_error_line(err: str) -> str:
     return lines[0]
 
 
-@pytest.fixture
-def env(db_engine, db_url, tmp_path, monkeypatch, capsys) -> Env:
-    from bg_ops.db.app_schema import Company
-
+def _point_the_cli_at(db_url: str, tmp_path: Path, monkeypatch) -> tuple[Path, Path]:
+    """The database, an empty files root and a local cloud folder, by environment as an operator would."""
     files, cloud = tmp_path / "files", tmp_path / "cloud"
     files.mkdir()
     monkeypatch.chdir(tmp_path)
     monkeypatch.setenv("BG_OPS_DATABASE_URL", db_url)
     monkeypatch.setenv("BG_OPS_FILES_ROOT", str(files))
     monkeypatch.setenv("BG_OPS_STORAGE_DIR", str(cloud))
+    return files, cloud
+
+
+@pytest.fixture
+def env(db_engine, db_url, tmp_path, monkeypatch, capsys) -> Env:
+    from bg_ops.db.app_schema import Company
+
+    files, cloud = _point_the_cli_at(db_url, tmp_path, monkeypatch)
     with db_engine.begin() as conn:
         conn.execute(sa.insert(Company.__table__), [
             {"id": 1, "name": "Acme Creative", "slug": "acme"},
@@ -224,10 +230,90 @@ def test_drain_with_the_storage_unreachable_is_one_line_and_claims_nothing(env, 
 
 
 def test_every_uploads_command_has_examples_and_json(capsys):
-    for command in ("stats", "failed", "retry", "drain", "show"):
+    for command in ("stats", "failed", "retry", "drain", "show", "scan"):
         assert main(["uploads", command, "--help"]) == 0
         out = capsys.readouterr().out
         assert "Examples:" in out and "--json" in out, command
     for command in ("stats", "failed", "retry"):
         main(["uploads", command, "--help"])
         assert "--tenant" in capsys.readouterr().out, command
+
+
+# -- scan (the nightly backup scan of one tenant, U2) ---------------------------------------
+
+
+@pytest.fixture
+def demo_env(db_engine, db_url, tmp_path, monkeypatch, capsys) -> Env:
+    """The demo data of two tenants (acme, nordlicht) with their files, and the CLI pointed at it."""
+    from datetime import date
+
+    from bg_ops.demo.seed import seed_demo
+
+    files, cloud = _point_the_cli_at(db_url, tmp_path, monkeypatch)
+    seed_demo(db_engine, files, tenants=2, today=date(2026, 11, 23))
+    return Env(engine=db_engine, files=files, cloud=cloud, capsys=capsys)
+
+
+def _backup_sources(env: Env, slug: str) -> set[str]:
+    """What the backup must cover, worked out apart from the code under test: the files on disk
+    under <slug>/projects/ and every approval attachment of the tenant."""
+    from bg_ops.db.app_schema import Approval, ApprovalFile, Company
+
+    on_disk = {p.relative_to(env.files).as_posix() for p in (env.files / slug / "projects").rglob("*") if p.is_file()}
+    with env.engine.connect() as conn:
+        attached = set(conn.execute(
+            sa.select(ApprovalFile.path).join(Approval, Approval.id == ApprovalFile.approval_id)
+            .join(Company, Company.id == Approval.company_id).where(Company.slug == slug)).scalars())
+    return on_disk | attached
+
+
+def test_scan_queues_the_tenants_new_files_once_then_only_what_changed(demo_env):
+    env = demo_env
+    expected = _backup_sources(env, "acme")
+    assert len(expected) > 10 and all(src.startswith("acme/") for src in expected)
+
+    code, out, err = env.run("uploads", "scan", "--tenant", "acme")
+    assert code == 0, err
+    assert f"acme: scanned {len(expected)} file(s)" in out and f"queued {len(expected)} " in out
+    rows = list(env.rows().values())
+    assert sorted(r.source_path for r in rows) == sorted(expected)  # each file once, nothing of nordlicht
+    assert {(r.status, r.kind) for r in rows} == {("queued", "backup")}
+    assert {r.company_id for r in rows} == {1}
+    assert all(r.dest_path.startswith("/acme/") for r in rows)
+
+    again = env.json("uploads", "scan", "--tenant", "acme")  # nothing changed: nothing queued
+    assert (again["tenant"], again["scanned"], again["unchanged"], again["queued"]) == ("acme", len(expected),
+                                                                                      len(expected), 0)
+    assert len(env.rows()) == len(expected)
+
+    changed = sorted(expected)[0]
+    (env.files / changed).write_bytes(b"a new version")
+    data = env.json("uploads", "scan", "--tenant", "acme")
+    assert (data["changed"], data["new"], data["queued"]) == (1, 0, 1)
+    assert [r.source_path for r in env.rows().values()].count(changed) == 2
+
+    other = env.json("uploads", "scan", "--tenant", "nordlicht")
+    assert other["queued"] == len(_backup_sources(env, "nordlicht")) > 0
+    assert {r.company_id for r in env.rows().values()} == {1, 2}
+
+
+def test_scan_of_an_unknown_tenant_is_one_line_and_queues_nothing(demo_env):
+    code, out, err = demo_env.run("uploads", "scan", "--tenant", "nosuch")
+    assert code == 2 and out == ""
+    assert "nosuch" in one_error_line(err)
+    assert demo_env.rows() == {}
+
+
+def test_scan_reports_progress_while_it_walks(demo_env):
+    """The progress bar's feed: the running figures every N files, then the final ones."""
+    from bg_ops.defs.files.backup import scan_and_queue
+    from bg_ops.defs.tenants.logic import get_tenant
+
+    seen: list[tuple[int, int]] = []
+    with session_scope(demo_env.engine) as s:
+        report = scan_and_queue(s, get_tenant(s, "acme"), demo_env.files, now=datetime.now(UTC),
+                                on_progress=lambda r: seen.append((r.scanned, r.queued)), progress_every=4)
+    total = len(_backup_sources(demo_env, "acme"))
+    assert report.scanned == total
+    assert [n for n, _ in seen[:-1]] == list(range(4, total + 1, 4))
+    assert seen[-1] == (total, total)

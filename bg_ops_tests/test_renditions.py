@@ -178,6 +178,23 @@ def test_schedule_and_job_run_per_tenant(world, db_url, instance, tmp_path):
             instance=instance, partition_key="nordlicht", resources=resources)
         assert result.success
         [output] = [e for e in result.all_events if e.is_successful_output]
-        meta = {k: v.value for k, v in output.step_output_data.metadata.items()}
+        raw = output.step_output_data.metadata
+        meta = {k: v.value for k, v in raw.items()}
         assert (meta["created"], meta["missing"]) == (expected, 1)
+        if expected:  # the run links to the thumbnails it wrote
+            assert meta["cloud_paths"] == [f"{BACKUPS}/proof v1.pdf.thumb.png", f"{BACKUPS}/mockup.png.thumb.png"]
+            assert all(storage.get_metadata(path) is not None for path in meta["cloud_paths"])
+        else:
+            assert "cloud_paths" not in meta and "cloud_path" not in meta
     assert storage.get_metadata("/kiwi") is None
+
+
+def test_cloud_paths_metadata_links_one_path_or_lists_a_few():
+    from bg_ops.defs.files.run_metadata import cloud_paths_metadata
+
+    assert cloud_paths_metadata([]) == {}
+    one = cloud_paths_metadata(["/acme/Approval Backups/a.png.thumb.png"])
+    assert one == {"cloud_path": dg.MetadataValue.path("/acme/Approval Backups/a.png.thumb.png")}
+    many = cloud_paths_metadata([f"/acme/f{i}" for i in range(7)], limit=5)
+    assert many["cloud_paths"].value == [f"/acme/f{i}" for i in range(5)]
+    assert many["cloud_paths_not_listed"].value == 2

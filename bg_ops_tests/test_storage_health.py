@@ -82,6 +82,16 @@ def checks(result: dg.MaterializeResult) -> dict[str, dg.AssetCheckResult]:
     return {c.check_name: c for c in result.check_results}
 
 
+def assert_plottable(metadata: dict, text_keys: set[str] = frozenset()) -> None:
+    """Every figure is an int or float metadata value (the Dagster UI plots those over time)."""
+    for key, value in metadata.items():
+        if key in text_keys:
+            continue
+        normalized = dg.MetadataValue.int(value) if type(value) is int else value
+        normalized = dg.MetadataValue.float(value) if type(value) is float else normalized
+        assert isinstance(normalized, (dg.IntMetadataValue, dg.FloatMetadataValue)), (key, value)
+
+
 # -- upload queue dashboard -----------------------------------------------------------------
 
 
@@ -118,6 +128,9 @@ def test_checks_warn_on_a_stuck_queue_then_pass_once_it_drained(tenants, db_url,
     assert all(c.passed for c in result.check_results)
     assert result.metadata["uploaded"].value == 2 and result.metadata["due_now"].value == 0
     assert result.metadata["bytes_uploaded"].value == 10 and result.metadata["bytes_uploaded/acme"].value == 10
+    assert_plottable(result.metadata)
+    for check in result.check_results:
+        assert_plottable(check.metadata)
 
 
 def test_failure_rate_warns_over_20_percent_of_at_least_10_finished(tenants, db_url):
@@ -192,6 +205,10 @@ def test_quota_at_80_percent_mails_the_tenants_admins_once_a_day(tenants, db_url
     assert mails[-1].priority == "high"
     full = checks(result)["storage_quota_not_full"]
     assert not full.passed and full.severity == dg.AssetCheckSeverity.WARN and "acme" in full.description
+    # Counts are numbers (the UI plots them over time); the slugs are text beside them.
+    assert isinstance(full.metadata["tenants_full"], dg.IntMetadataValue) and full.metadata["tenants_full"].value == 1
+    assert full.metadata["full"].value == "acme" and full.metadata["tenants_at_80_percent"].value == 0
+    assert_plottable(result.metadata, text_keys={"usage"})
     assert {m.company_id for m in mails} == {1}  # beta (79%) and gamma (no quota) untouched
 
 

@@ -303,14 +303,60 @@ def test_the_local_file_survives_when_recording_the_upload_fails(db_engine, tmp_
     with session_scope(db_engine) as s:
         queue_upload(s, company_id=1, source_path="acme/keep.pdf", dest_path="/acme/Cores/keep.pdf",
                      files_root=files, now=T0, delete_after_upload=True)
-    real_update = sa.update
 
-    def failing_update(table, *a, **kw):
-        if table is u:
-            raise sa.exc.OperationalError("UPDATE", {}, Exception("database went away"))
-        return real_update(table, *a, **kw)
+    def failing_write(conn, rows, now):  # the upload went through; recording it does not
+        raise sa.exc.OperationalError("UPDATE", {}, Exception("database went away"))
 
-    monkeypatch.setattr(uploads.sa, "update", failing_update)
+    monkeypatch.setattr(uploads, "_write_outcomes", failing_write)
     with pytest.raises(sa.exc.OperationalError):
         drain_uploads(db_engine, storage, clock=Clock(T0), files_root=files)
+    assert storage.get_metadata("/acme/Cores/keep.pdf") is not None
     assert (files / "acme" / "keep.pdf").exists()
+    with db_engine.connect() as c:
+        assert c.execute(sa.select(u.c.status)).scalar_one() == "uploading"  # retried when its lease ends
+
+
+def test_one_batch_records_every_kind_of_outcome_and_spares_rows_taken_elsewhere(db_engine, tmp_path):
+    """A batch with an upload, a quota wait, a retry, a cancel and a row an operator canceled
+    meanwhile: each row gets its own outcome; the operator's row is left as it was."""
+    from bg_ops.db.app_schema import Company
+    from bg_ops.defs.files.uploads import claim_uploads, record_outcomes, upload_one
+
+    with session_scope(db_engine) as s:
+        s.add(Company(id=1, name="Acme", slug="acme", storage_quota_bytes=1500))
+    files = tmp_path / "files"
+    (files / "acme").mkdir(parents=True)
+    for name, size in (("ok.bin", 1000), ("big.bin", 1000), ("gone.bin", 10), ("taken.bin", 10)):
+        (files / "acme" / name).write_bytes(os.urandom(size))
+    ids = {}
+    with session_scope(db_engine) as s:
+        for name in ("ok.bin", "big.bin", "gone.bin", "taken.bin"):
+            ids[name] = queue_upload(s, company_id=1, source_path=f"acme/{name}", dest_path=f"/acme/Cores/{name}",
+                                     files_root=files, now=T0)
+    (files / "acme" / "gone.bin").unlink()
+    policy = UploadPolicy(batch_size=10, max_attempts=5)
+    rows = claim_uploads(db_engine, now=T0, worker_id="w1", policy=policy)
+    assert [r.id for r in rows] == list(ids.values())
+    storage = LocalStorageResource(storage_dir=str(tmp_path / "cloud"))
+    quota = {1: 1500}
+    outcomes = [upload_one(r, storage, files_root=files, policy=policy, quota_left=quota) for r in rows]
+    assert [o.status for o in outcomes] == ["uploaded", "quota", "canceled", "uploaded"]
+    outcomes[3].status, outcomes[3].error = "retry", "pretend the cloud failed"  # taken by the operator below
+    with db_engine.begin() as c:
+        c.execute(sa.update(u).where(u.c.id == ids["taken.bin"]).values(status="canceled", last_error="by hand"))
+    later = T0 + timedelta(seconds=30)
+    report = record_outcomes(db_engine, outcomes, now=later, policy=policy, rng=random.Random(1))
+    assert (report.uploaded, report.waiting_for_quota, report.retried, report.canceled) == (1, 1, 1, 1)
+    assert report.bytes_uploaded == 1000 and report.canceled_ids == [ids["gone.bin"]]
+    with db_engine.connect() as c:
+        got = {r.id: r for r in c.execute(sa.select(u))}
+    ok, big, gone, taken = (got[ids[n]] for n in ("ok.bin", "big.bin", "gone.bin", "taken.bin"))
+    assert (ok.status, ok.size_bytes, ok.content_hash, ok.cloud_path, ok.uploaded_at, ok.locked_by) == (
+        "uploaded", 1000, content_hash_file(files / "acme" / "ok.bin"), "/acme/Cores/ok.bin", later, None)
+    assert ok.cloud_rev and ok.last_error is None and ok.next_attempt_at is None and ok.attempts == 1
+    assert (big.status, big.attempts, big.attempts_today, big.content_hash, big.uploaded_at) == ("queued", 0, 0, None, None)
+    assert "quota" in big.last_error and big.next_attempt_at == later + timedelta(hours=1)
+    assert (gone.status, gone.attempts, gone.content_hash, gone.next_attempt_at) == ("canceled", 1, None, None)
+    assert "vanished" in gone.last_error and gone.updated_at == later
+    assert (taken.status, taken.last_error, taken.locked_by, taken.updated_at) == ("canceled", "by hand", "w1", T0)
+    assert storage.get_metadata("/acme/Cores/taken.bin") is not None  # uploaded; the operator's word stands

@@ -26,6 +26,7 @@ def uploads() -> None:
       bg-ops uploads failed --tenant acme       what failed or was canceled, and why
       bg-ops uploads retry --all-failed         put every failed or canceled upload back
       bg-ops uploads drain                      upload everything that is due now
+      bg-ops uploads scan --tenant acme         queue the tenant's new and changed files (backup)
     """
 
 
@@ -262,6 +263,67 @@ def uploads_drain(ctx: click.Context, batch_size: int, max_batches: int | None, 
     )
     if report.canceled_ids:
         human += f"\ncanceled: {id_list(sorted(report.canceled_ids))} (see bg-ops uploads failed)"
+    emit(data, as_json, human)
+
+
+# -- scan ---------------------------------------------------------------------------------
+
+
+@uploads.command("scan")
+@click.option("--tenant", "slug", required=True, metavar="SLUG", help="The tenant (company slug) to scan.")
+@json_option
+@click.pass_context
+def uploads_scan(ctx: click.Context, slug: str, as_json: bool) -> None:
+    """Run the nightly backup scan of one tenant now: queue its new and changed files.
+
+    The same work as nightly_backup_job's scan_tenant_files (F4): every file under
+    <files root>/SLUG/projects/ and every approval attachment is compared with the backup
+    manifest (size, mtime, content hash); new and changed files are queued for upload to
+    'Project Backups' and 'Approval Backups', unchanged ones are not even read. Nothing is
+    uploaded here: 'bg-ops uploads drain' (or the upload job) does that. A second scan with
+    nothing changed queues nothing. Skipped when the tenant's backup service is switched off.
+
+    \b
+    Examples:
+      bg-ops uploads scan --tenant acme
+      bg-ops uploads scan --tenant acme --json
+    """
+    from tqdm import tqdm
+
+    from bg_ops.db.engine import session_scope
+    from bg_ops.defs.files.backup import scan_and_queue
+    from bg_ops.defs.tenants.logic import get_tenant, switched_off_services
+
+    s = settings_from(ctx)
+    engine = engine_for(s)
+    company_id_for(engine, slug)  # an unknown slug: one line, exit 2
+    bar = tqdm(desc="scanning", unit="file", file=sys.stderr, disable=None, leave=False)
+
+    def progress(report) -> None:
+        bar.update(report.scanned - bar.n)
+        bar.set_postfix(queued=report.queued, refresh=False)
+
+    try:
+        with session_scope(engine) as session:
+            tenant = get_tenant(session, slug)
+            if not tenant.service_enabled("backup", switched_off_services(session)):
+                emit({"tenant": slug, "switched_off": True, "queued": 0}, as_json,
+                     f"backup is switched off for {slug}: nothing scanned "
+                     "(see 'bg-ops services list' and the tenant's settings)")
+                return
+            report = scan_and_queue(session, tenant, s.files_root, now=now_utc(), on_progress=progress)
+    finally:
+        bar.close()
+    data = {"tenant": slug, "switched_off": False, **report.as_metadata()}
+    human = (
+        f"{slug}: scanned {report.scanned} file(s) (unchanged {report.unchanged}, hashed {report.hashed}, "
+        f"touched with the same content {report.touched_same_content}); queued {report.queued} "
+        f"({_bytes(report.bytes_queued)}: new {report.new}, changed {report.changed}) in {report.seconds}s"
+    )
+    if report.missing_attachments:
+        human += f"\n{report.missing_attachments} approval attachment(s) listed but missing from the files root"
+    if report.queued:
+        human += "\nupload them with 'bg-ops uploads drain' (or let upload_files_job do it)"
     emit(data, as_json, human)
 
 

@@ -17,6 +17,7 @@ start fast.
 from __future__ import annotations
 
 import os
+import stat
 import tempfile
 import threading
 import time
@@ -39,7 +40,7 @@ from bg_ops.resources.storage import (
     StorageTransientError,
     normalize_cloud_path,
 )
-from bg_ops.util.content_hash import ContentHasher, content_hash_file
+from bg_ops.util.content_hash import ContentHasher, content_hash_bytes, content_hash_file
 from bg_ops.util.masking import mask_email
 
 _SECRET_FIELDS = frozenset({"app_secret", "refresh_token", "access_token"})
@@ -321,7 +322,11 @@ class DropboxStorageResource(CloudStorageResource):
         from dropbox import files
 
         source = Path(local_path)
-        if not source.is_file():
+        try:
+            st = source.stat()
+        except (FileNotFoundError, NotADirectoryError):
+            st = None
+        if st is None or not stat.S_ISREG(st.st_mode):
             raise StorageNotFound(f"local file {source} does not exist")
         if mode not in ("add", "overwrite"):
             raise ValueError(f"unknown write mode {mode!r}")
@@ -329,13 +334,18 @@ class DropboxStorageResource(CloudStorageResource):
         if not rel:
             raise StorageBadPath("cannot write a file at the storage root")
         full = self._full(rel)
-        local_hash = content_hash_file(source)
-        size = source.stat().st_size
+        size = st.st_size
         write_mode = files.WriteMode.add if mode == "add" else files.WriteMode.overwrite
         what = f"upload to {rel or '/'}"
+        limit = min(self.single_upload_limit, _MAX_REQUEST_BYTES)
 
-        if size <= min(self.single_upload_limit, _MAX_REQUEST_BYTES):
+        if size <= limit:
+            # Read once; the hash is of the very bytes sent, and Dropbox checks them against it
+            # (content_hash_mismatch) before storing anything.
             data = source.read_bytes()
+            if len(data) > limit:
+                raise StorageTransientError(f"{what}: the local file grew while it was read")
+            local_hash = content_hash_bytes(data)
             md = self._call(
                 what,
                 self._client().files_upload,
@@ -344,11 +354,10 @@ class DropboxStorageResource(CloudStorageResource):
                 mode=write_mode,
                 autorename=autorename,
                 strict_conflict=False,
-                # The hash taken before reading: if the file changed in between, Dropbox
-                # refuses the upload (content_hash_mismatch) rather than store unchecked bytes.
                 content_hash=local_hash,
             )
         else:
+            local_hash = content_hash_file(source)
             # Before sending hundreds of MiB, settle the cases Dropbox would settle anyway.
             if mode == "add":
                 existing = self.get_metadata(rel)

@@ -5,7 +5,9 @@ Both backends speak the same contract so jobs never know which one they have:
 - paths are Dropbox-style, relative to the backend's configured root: ``/acme/Approvals/a.pdf``
   (leading slash, ``/`` separators, no trailing slash, compared case-insensitively);
 - every file carries Dropbox's content hash (``bg_ops.util.content_hash``), so an upload counts
-  only when the stored hash equals the local one;
+  only when the stored hash equals the local one: ``upload`` reads the local file once, hashes
+  the bytes it sends, and returns the stored entry only when its hash equals that hash (a
+  mismatch raises ``StorageTransientError``), so callers never hash the file themselves;
 - ``upload`` in ``add`` mode treats an existing file with the same content as done, and one
   with different content as a conflict (or renames to ``name (2).ext`` when asked);
   ``overwrite`` replaces it;
@@ -27,7 +29,7 @@ from typing import Literal
 import dagster as dg
 from pydantic import PrivateAttr
 
-from bg_ops.util.content_hash import content_hash_file
+from bg_ops.util.content_hash import ContentHasher, content_hash_file
 
 WriteMode = Literal["add", "overwrite"]
 
@@ -125,6 +127,8 @@ class CloudStorageResource(dg.ConfigurableResource):
         mode: WriteMode = "add",
         autorename: bool = False,
     ) -> CloudEntry:
+        """Store ``local_path`` at ``cloud_path``; the returned entry's ``content_hash`` is that
+        of the bytes read from ``local_path`` (verified against what the backend stored)."""
         raise NotImplementedError
 
     def download(self, cloud_path: str, local_path: str | Path) -> CloudEntry:
@@ -252,14 +256,20 @@ class LocalStorageResource(CloudStorageResource):
                     break
         target = existing if existing is not None else self._target(norm)
         # Write to a temporary file beside the target, then rename: a reader never sees half.
+        # The hash is taken of the bytes copied, so the stored file's hash needs no second read.
         fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=".upload-", suffix=".part")
+        hasher = ContentHasher()
         try:
             with os.fdopen(fd, "wb") as out, open(source, "rb") as src:
-                shutil.copyfileobj(src, out, 1024 * 1024)
+                while block := src.read(1024 * 1024):
+                    hasher.update(block)
+                    out.write(block)
             os.replace(tmp, target)
         except BaseException:
             Path(tmp).unlink(missing_ok=True)
             raise
+        st = target.stat()
+        self._hash_cache[(str(target), st.st_size, st.st_mtime_ns)] = hasher.hexdigest()
         return self._entry(target)
 
     def download(self, cloud_path, local_path) -> CloudEntry:

@@ -15,6 +15,7 @@ twice.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import re
@@ -153,11 +154,15 @@ def _changed_column(doc_type: str):
 
 
 def find_documents_to_archive(
-    session: Session, *, after_cursor: ArchivalCursor | None, limit: int = 200,
+    session: Session, *, after_cursor: ArchivalCursor | None, limit: int = 200, now: datetime | None = None,
 ) -> tuple[list[DocumentVersion], ArchivalCursor]:
     """Document versions to archive since ``after_cursor``, oldest first per type, across
     tenants (this only decides which runs to start; each run reads its own tenant), and the
-    cursor to store. At most ``limit`` new versions per type."""
+    cursor to store. At most ``limit`` new versions per type.
+
+    The high-water mark never passes ``now``: a row stamped in the future (another program's
+    clock, demo data) is archived, but does not hide the completions that come before its
+    time; it stays in the remembered versions until the clock has passed it."""
     cursor = after_cursor if after_cursor is not None else ArchivalCursor()
     found: list[DocumentVersion] = []
     for doc_type in DOC_TYPES:
@@ -188,7 +193,8 @@ def find_documents_to_archive(
         versions.sort(key=lambda v: (v.changed_at, v.doc_id))
         versions = versions[:limit]
         if versions:
-            state.at = max(state.at, versions[-1].changed_at)
+            newest = versions[-1].changed_at if now is None else min(versions[-1].changed_at, now)
+            state.at = max(state.at, newest)
             state.seen.extend((v.doc_id, v.version_key, v.changed_at) for v in versions)
         horizon = state.at - LOOKBACK
         state.seen = sorted((s for s in state.seen if s[2] >= horizon), key=lambda s: (s[2], s[0]))[-MAX_SEEN:]
@@ -196,17 +202,34 @@ def find_documents_to_archive(
     return found, cursor
 
 
+MAX_PER_RUN = 50  # document versions one archive run takes at most
+
+
+def batch_run_key(tenant_slug: str, docs: Iterable[DocumentVersion]) -> str:
+    """``archive|<tenant>|<n>|<digest of the (type, id, version) set>``: the same set of versions
+    gives the same key, so a repeated tick never launches it twice."""
+    versions = sorted(f"{d.doc_type}|{d.doc_id}|{d.version_key}" for d in docs)
+    digest = hashlib.sha256("\n".join(versions).encode()).hexdigest()[:16]
+    return f"archive|{tenant_slug}|{len(versions)}|{digest}"
+
+
 @dataclass(frozen=True)
 class PlannedRun:
-    doc: DocumentVersion
+    """One archive run: new versions of documents of one tenant (never two tenants)."""
 
-    @property
-    def run_key(self) -> str:
-        return self.doc.run_key
+    docs: tuple[DocumentVersion, ...]
 
     @property
     def partition_key(self) -> str:
-        return self.doc.tenant_slug
+        return self.docs[0].tenant_slug
+
+    @property
+    def run_key(self) -> str:
+        return batch_run_key(self.partition_key, self.docs)
+
+    @property
+    def doc_types(self) -> list[str]:
+        return sorted({d.doc_type for d in self.docs})
 
 
 @dataclass
@@ -219,14 +242,23 @@ class ArchivalPlan:
 
 def plan_archival_runs(
     session: Session, cursor: ArchivalCursor, *, existing_partitions: Iterable[str],
-    globally_off: frozenset[str] = frozenset(), limit: int = 200,
+    globally_off: frozenset[str] = frozenset(), limit: int = 200, per_run: int = MAX_PER_RUN,
+    now: datetime | None = None,
 ) -> ArchivalPlan:
-    """What the sensor should request: one run per new version of an active tenant whose
-    archival is on; partitions to add for tenants the partition sensor has not added yet.
-    Versions of switched-off or inactive tenants are passed over (not archived later)."""
-    versions, new_cursor = find_documents_to_archive(session, after_cursor=cursor, limit=limit)
+    """What the sensor should request: per tenant, one run for all its new versions (up to
+    ``per_run`` each, oldest first) of an active tenant whose archival is on; partitions to add
+    for tenants the partition sensor has not added yet. Versions of switched-off or inactive
+    tenants are passed over (not archived later).
+
+    One run per tenant and tick, not one per document: a run is a new process (seconds of
+    start-up), and one per document queued the completions of a busy minute behind the
+    tenant's run slots (B6). The guarantee of one archive per version does not rest on run
+    keys: ``archives`` is unique per (tenant, document, version key) and a version already
+    archived is a no-op, so a version that lands in two runs is archived once."""
+    versions, new_cursor = find_documents_to_archive(session, after_cursor=cursor, limit=limit, now=now)
     existing = set(existing_partitions)
-    runs, to_add, skipped = [], set(), {"tenant_inactive": 0, "switched_off": 0}
+    by_tenant: dict[str, list[DocumentVersion]] = {}
+    to_add, skipped = set(), {"tenant_inactive": 0, "switched_off": 0}
     for v in versions:
         if not v.tenant_active:
             skipped["tenant_inactive"] += 1
@@ -236,7 +268,11 @@ def plan_archival_runs(
             continue
         if v.tenant_slug not in existing:
             to_add.add(v.tenant_slug)
-        runs.append(PlannedRun(v))
+        by_tenant.setdefault(v.tenant_slug, []).append(v)
+    runs = []
+    for docs in by_tenant.values():
+        docs.sort(key=lambda v: (v.changed_at, DOC_TYPES.index(v.doc_type), v.doc_id))
+        runs.extend(PlannedRun(tuple(docs[i:i + per_run])) for i in range(0, len(docs), per_run))
     return ArchivalPlan(runs=runs, partitions_to_add=sorted(to_add), skipped=skipped, cursor=new_cursor)
 
 

@@ -29,6 +29,9 @@ from bg_ops.util.content_hash import content_hash_file
 from bg_ops.util.files import MissingFile, UnsafePath, resolve_under_root
 
 
+PROGRESS_EVERY = 200  # files scanned between two ``on_progress`` calls
+
+
 @dataclass
 class BackupReport:
     scanned: int = 0
@@ -109,8 +112,13 @@ def _upsert(session: Session):
 
 
 def scan_and_queue(session: Session, tenant: Tenant, files_root: Path, *, now: datetime,
-                   hash_file: Callable[[str], str] = content_hash_file, chunk: int = 1000) -> BackupReport:
-    """Compare the tenant's files with the manifest and queue uploads of new or changed ones."""
+                   hash_file: Callable[[str], str] = content_hash_file, chunk: int = 1000,
+                   on_progress: Callable[[BackupReport], None] | None = None,
+                   progress_every: int = PROGRESS_EVERY) -> BackupReport:
+    """Compare the tenant's files with the manifest and queue uploads of new or changed ones.
+
+    ``on_progress(report)``, when given, is called with the running figures every
+    ``progress_every`` files scanned and once at the end (the CLI's progress bar)."""
     started = _time.perf_counter()
     report = BackupReport()
     # {source path: (size, mtime_ns, content hash, upload id)}
@@ -167,6 +175,8 @@ def scan_and_queue(session: Session, tenant: Tenant, files_root: Path, *, now: d
             report.missing_attachments += 1
             continue
         report.scanned += 1
+        if on_progress is not None and not report.scanned % progress_every:
+            on_progress(report)
         seen = known.get(rel)
         if (seen is not None and seen[0] == st.st_size and seen[1] == st.st_mtime_ns
                 and seen[3] not in lost):
@@ -197,4 +207,6 @@ def scan_and_queue(session: Session, tenant: Tenant, files_root: Path, *, now: d
             flush()
     flush()
     report.seconds = round(_time.perf_counter() - started, 3)
+    if on_progress is not None:
+        on_progress(report)
     return report

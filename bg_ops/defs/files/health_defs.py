@@ -10,6 +10,7 @@ import dagster as dg
 from bg_ops.defs.email.enqueue import MailSettings
 from bg_ops.defs.files import admin
 from bg_ops.defs.files.restore_drill import restore_drill
+from bg_ops.defs.retries import TRANSIENT_RETRY
 from bg_ops.resources.database import DatabaseResource
 from bg_ops.resources.files import FilesResource
 from bg_ops.resources.mail import MailResource
@@ -30,6 +31,7 @@ def _now() -> datetime:
 
 @dg.asset(
     name="upload_queue_health",
+    retry_policy=TRANSIENT_RETRY,
     group_name="files",
     owners=["team:bg-ops"],
     tags={"domain": "files"},
@@ -103,6 +105,7 @@ def upload_health_result(database: DatabaseResource, now: datetime) -> dg.Materi
 
 @dg.asset(
     name="storage_quota",
+    retry_policy=TRANSIENT_RETRY,
     group_name="files",
     owners=["team:bg-ops"],
     tags={"domain": "files"},
@@ -157,7 +160,9 @@ def storage_quota_result(database: DatabaseResource, settings: MailSettings, now
                 check_name="storage_quota_not_full", passed=not full, severity=dg.AssetCheckSeverity.WARN,
                 description=(f"at or over quota, new uploads waiting: {', '.join(full)}" if full
                              else "every tenant has room"),
-                metadata={"tenants_full": ", ".join(full) or "-", "tenants_at_80_percent": ", ".join(near) or "-"},
+                # Counts as numbers (plotted over time, like the asset's); the slugs as text beside them.
+                metadata={"tenants_full": len(full), "tenants_at_80_percent": len(near),
+                          "full": ", ".join(full) or "-", "at_80_percent": ", ".join(near) or "-"},
             ),
         ],
     )
@@ -168,8 +173,9 @@ storage_health_job = dg.define_asset_job(
     selection=[upload_queue_health, storage_quota],
     description=("Refreshes the upload queue dashboard and tenants' storage use, and warns tenant admins "
                  "near or over their storage quota (once a day)."),
-    tags={"bg_ops/singleton": "storage_health", "domain": "files"},
+    tags={"bg_ops/singleton": "storage_health", "domain": "files", "dagster/max_runtime": "900"},
     executor_def=dg.in_process_executor,
+    owners=["team:bg-ops"],
 )
 
 storage_health_schedule = dg.ScheduleDefinition(
@@ -178,6 +184,8 @@ storage_health_schedule = dg.ScheduleDefinition(
     cron_schedule="*/10 * * * *",
     default_status=dg.DefaultScheduleStatus.RUNNING,
     description="Refreshes the storage dashboard, its checks and the quota warnings every ten minutes.",
+    owners=["team:bg-ops"],
+    tags={"domain": "files"},
 )
 
 
@@ -196,6 +204,7 @@ class RestoreDrillConfig(dg.Config):
         "naming the files, when one is missing or differs."
     ),
     tags={"domain": "files"},
+    retry_policy=TRANSIENT_RETRY,
 )
 def run_restore_drill(context: dg.OpExecutionContext, config: RestoreDrillConfig, database: DatabaseResource,
                       storage: CloudStorageResource) -> dg.Output:
@@ -228,8 +237,9 @@ def run_restore_drill(context: dg.OpExecutionContext, config: RestoreDrillConfig
         "Weekly restore drill (F9): downloads a random sample of backed-up files from cloud storage "
         "and verifies their content hashes; fails naming every file missing or changed."
     ),
-    tags={"bg_ops/singleton": "restore_drill", "domain": "files"},
+    tags={"bg_ops/singleton": "restore_drill", "domain": "files", "dagster/max_runtime": "3600"},
     executor_def=dg.in_process_executor,
+    owners=["team:bg-ops"],
 )
 def restore_drill_job():
     run_restore_drill()
@@ -241,4 +251,6 @@ restore_drill_schedule = dg.ScheduleDefinition(
     cron_schedule="0 4 * * 0",
     default_status=dg.DefaultScheduleStatus.RUNNING,
     description="Sundays 04:00 UTC: runs the restore drill on a random sample of uploaded files.",
+    owners=["team:bg-ops"],
+    tags={"domain": "files"},
 )

@@ -128,6 +128,7 @@ class RenditionReport:
     failed: int = 0  # damaged files
     deferred: int = 0  # not looked at in this run because of ``limit``
     warnings: list[str] = field(default_factory=list)
+    cloud_paths: list[str] = field(default_factory=list)  # the thumbnails written, in order (run metadata)
 
     def warn(self, message: str) -> None:
         if len(self.warnings) < MAX_WARNINGS:
@@ -246,4 +247,5 @@ def backfill_renditions(
         session.commit()
         done.setdefault(f.id, {})[digest] = now
         report.created += 1
+        report.cloud_paths.append(entry.path or cloud)
     return report

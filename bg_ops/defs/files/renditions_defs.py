@@ -5,6 +5,8 @@ from datetime import UTC, datetime
 import dagster as dg
 
 from bg_ops.defs.files.renditions import backfill_renditions
+from bg_ops.defs.files.run_metadata import cloud_paths_metadata
+from bg_ops.defs.retries import TRANSIENT_RETRY
 from bg_ops.defs.tenants.defs import TENANT_PARTITIONS_NAME, tenant_partitions
 from bg_ops.defs.tenants.logic import UnknownTenant, active_tenants, get_tenant, switched_off_services
 from bg_ops.resources.database import DatabaseResource
@@ -32,7 +34,7 @@ class ApprovalThumbnailsConfig(dg.Config):
         "already done are skipped; missing or damaged files are counted and reported, never failing the run."
     ),
     tags={"domain": "files"},
-    retry_policy=dg.RetryPolicy(max_retries=3, delay=30, backoff=dg.Backoff.EXPONENTIAL, jitter=dg.Jitter.PLUS_MINUS),
+    retry_policy=TRANSIENT_RETRY,
 )
 def make_approval_thumbnails(
     context: dg.OpExecutionContext,
@@ -57,7 +59,8 @@ def make_approval_thumbnails(
         f"thumbnails: {report.created} made, {report.already_done} already done, {report.missing} missing, "
         f"{report.failed} damaged, {report.unsupported} without thumbnails, {report.deferred} left for later"
     )
-    context.add_output_metadata({"tenant": tenant.slug, **report.as_metadata()})
+    context.add_output_metadata({"tenant": tenant.slug, **report.as_metadata(),
+                                 **cloud_paths_metadata(report.cloud_paths)})
 
 
 @dg.job(
@@ -67,8 +70,9 @@ def make_approval_thumbnails(
         "Thumbnail backfill for one tenant: makes the approval-attachment thumbnails that are missing "
         "or out of date. Idempotent, safe to run at any time (daily by approval_thumbnails_schedule)."
     ),
-    tags={"domain": "files"},
+    tags={"domain": "files", "dagster/max_runtime": "3600"},
     executor_def=dg.in_process_executor,
+    owners=["team:bg-ops"],
 )
 def approval_thumbnails_job():
     make_approval_thumbnails()
@@ -84,6 +88,7 @@ def approval_thumbnails_job():
         "renditions switched on."
     ),
     tags={"domain": "files"},
+    owners=["team:bg-ops"],
 )
 def approval_thumbnails_schedule(context: dg.ScheduleEvaluationContext, database: DatabaseResource):
     day = context.scheduled_execution_time.astimezone(UTC).date().isoformat()

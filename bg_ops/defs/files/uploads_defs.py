@@ -10,6 +10,7 @@ from bg_ops.defs.files.backup import scan_and_queue
 from bg_ops.defs.files.layout import ensure_tenant_folders
 from bg_ops.defs.files.uploads import UploadPolicy, count_due, drain_uploads
 from bg_ops.defs.queue_workers import worker_run_request
+from bg_ops.defs.retries import TRANSIENT_RETRY
 from bg_ops.defs.tenants.defs import TENANT_PARTITIONS_NAME, tenant_partitions
 from bg_ops.defs.tenants.logic import active_tenants, get_tenant, switched_off_services
 from bg_ops.resources.database import DatabaseResource
@@ -39,6 +40,7 @@ class UploadFilesConfig(dg.Config):
         "with backoff; refused or vanished sources canceled with the reason."
     ),
     tags={"domain": "files"},
+    retry_policy=TRANSIENT_RETRY,
 )
 def upload_due_files(context: dg.OpExecutionContext, config: UploadFilesConfig, database: DatabaseResource,
                      storage: CloudStorageResource, files: FilesResource) -> dg.Output:
@@ -59,8 +61,9 @@ def upload_due_files(context: dg.OpExecutionContext, config: UploadFilesConfig, 
         "Upload queue worker: uploads the files that are due (5 per cycle by default), verified by "
         "content hash. Launched by upload_queue_sensor when work is due; a schedule is the fallback."
     ),
-    tags={"bg_ops/singleton": "upload_queue", "domain": "files"},
+    tags={"bg_ops/singleton": "upload_queue", "domain": "files", "dagster/max_runtime": "3600"},
     executor_def=dg.in_process_executor,
+    owners=["team:bg-ops"],
 )
 def upload_files_job():
     upload_due_files()
@@ -80,6 +83,8 @@ def _upload_request(context, database: DatabaseResource, now: datetime):
     minimum_interval_seconds=60,
     default_status=dg.DefaultSensorStatus.RUNNING,
     description="Launches the upload job when files are due and no upload run is going (one at a time).",
+    owners=["team:bg-ops"],
+    tags={"domain": "files"},
 )
 def upload_queue_sensor(context: dg.SensorEvaluationContext, database: DatabaseResource):
     now = _now()
@@ -95,6 +100,8 @@ def upload_queue_sensor(context: dg.SensorEvaluationContext, database: DatabaseR
     cron_schedule="*/5 * * * *",
     default_status=dg.DefaultScheduleStatus.RUNNING,
     description="Fallback for upload_queue_sensor: every five minutes, launches uploads when files are due.",
+    owners=["team:bg-ops"],
+    tags={"domain": "files"},
 )
 def upload_queue_schedule(context: dg.ScheduleEvaluationContext, database: DatabaseResource):
     return _upload_request(context, database, context.scheduled_execution_time.astimezone(UTC))
@@ -106,6 +113,7 @@ def upload_queue_schedule(context: dg.ScheduleEvaluationContext, database: Datab
         "manifest (size, mtime, content hash) and queues uploads of new or changed files only."
     ),
     tags={"domain": "files"},
+    retry_policy=TRANSIENT_RETRY,
 )
 def scan_tenant_files(context: dg.OpExecutionContext, database: DatabaseResource, storage: CloudStorageResource,
                       files: FilesResource) -> dg.Output:
@@ -130,8 +138,9 @@ def scan_tenant_files(context: dg.OpExecutionContext, database: DatabaseResource
         "attachments for upload to 'Project Backups' and 'Approval Backups'. Unchanged files are "
         "not even read."
     ),
-    tags={"domain": "files"},
+    tags={"domain": "files", "dagster/max_runtime": "3600"},
     executor_def=dg.in_process_executor,
+    owners=["team:bg-ops"],
 )
 def nightly_backup_job():
     scan_tenant_files()
@@ -143,6 +152,8 @@ def nightly_backup_job():
     cron_schedule="15 * * * *",
     default_status=dg.DefaultScheduleStatus.RUNNING,
     description=f"Hourly: starts the backup of every tenant for whom it is {BACKUP_LOCAL_HOUR:02d}:xx at night locally.",
+    owners=["team:bg-ops"],
+    tags={"domain": "files"},
 )
 def nightly_backup_schedule(context: dg.ScheduleEvaluationContext, database: DatabaseResource):
     now = context.scheduled_execution_time.astimezone(UTC)
