@@ -37,6 +37,15 @@ ENV_VARS = (
     "BG_OPS_PAYMENT_SIGNING_SECRET",
     "BG_OPS_PAYMENT_SIGNING_SECRET_NEXT",
     "BG_OPS_INTAKE_MAX_BODY_BYTES",
+    "BG_OPS_UI_BASE_URL",
+    "BG_OPS_RETENTION_DAYS",
+    "BG_OPS_TEMP_STATE_RETENTION_HOURS",
+    "BG_OPS_NOTIFICATION_RETENTION_DAYS",
+    "BG_OPS_REMINDER_LOG_RETENTION_DAYS",
+    "BG_OPS_DB_BACKUP_CRON",
+    "BG_OPS_DB_BACKUP_KEEP_DAILY",
+    "BG_OPS_DB_BACKUP_KEEP_WEEKLY",
+    "BG_OPS_DB_BACKUP_FOLDER",
 )
 SECRET_VARS = frozenset(
     {"BG_OPS_SMTP_PASSWORD", "DROPBOX_APP_SECRET", "DROPBOX_REFRESH_TOKEN", "DROPBOX_ACCESS_TOKEN",
@@ -50,6 +59,7 @@ DEFAULT_SMTP_PORTS = {"none": 25, "starttls": 587, "ssl": 465}
 DEFAULT_HOME_DIRNAME = ".bg_ops"
 DEFAULT_INTAKE_MAX_BODY_BYTES = 1024 * 1024  # payment webhooks are a few KiB
 INTAKE_BODY_LIMITS = (1024, 64 * 1024 * 1024)
+DEFAULT_UI_BASE_URL = "http://127.0.0.1:3000"
 
 _ADDRESS_RE = re.compile(r"^[^@\s<>(),;:\"\[\]]+@[A-Za-z0-9](?:[A-Za-z0-9\-]*[A-Za-z0-9])?(?:\.[A-Za-z0-9](?:[A-Za-z0-9\-]*[A-Za-z0-9])?)*$")
 
@@ -93,6 +103,16 @@ class Settings:
     dropbox_app_key: str | None
     home: Path
     intake_max_body_bytes: int = DEFAULT_INTAKE_MAX_BODY_BYTES
+    ui_base_url: str = DEFAULT_UI_BASE_URL  # links to runs in alert mails
+    # Maintenance (O4, O5): retention of bg_ops's tables and Dagster's history; database backups.
+    retention_days: int = 90
+    temp_state_retention_hours: int = 24
+    notification_retention_days: int = 90
+    reminder_log_retention_days: int = 400
+    db_backup_cron: str = "30 2 * * *"
+    db_backup_keep_daily: int = 7
+    db_backup_keep_weekly: int = 4
+    db_backup_folder: str = "/_system/db_backups"
     # Secrets: which are set, never their values (resources read them through dg.EnvVar).
     secrets_set: frozenset[str] = field(default_factory=frozenset)
     _secrets: Mapping[str, str] = field(default_factory=dict, repr=False, compare=False)
@@ -279,6 +299,49 @@ def load_settings(
                 f"{low} and {high}, e.g. 1048576 (1 MiB, the default)"
             )
 
+    # -- alerts (O1) ------------------------------------------------------------------------
+    ui_base_url = (get("BG_OPS_UI_BASE_URL") or DEFAULT_UI_BASE_URL).rstrip("/")
+    if not re.match(r"^https?://[^/\s?#]+(/[^\s?#]*)?$", ui_base_url):
+        problems.append(
+            f"BG_OPS_UI_BASE_URL={get('BG_OPS_UI_BASE_URL')!r} is not a web address: use the address "
+            "operators open the Dagster UI at, such as 'https://dagster.example.com' (alert mails "
+            "link to <address>/runs/<run id>)"
+        )
+
+    # -- maintenance: retention (O4) and database backups (O5) ------------------------------
+    def whole_number(name: str, default: int, low: int, high: int, unit: str, example: str) -> int:
+        raw = get(name)
+        if raw is None:
+            return default
+        if raw.isdigit() and low <= int(raw) <= high:
+            return int(raw)
+        problems.append(f"{name}={raw!r} is not valid: use a whole number of {unit} between {low} and {high}, "
+                        f"e.g. {example}")
+        return default
+
+    retention_days = whole_number("BG_OPS_RETENTION_DAYS", 90, 1, 3650, "days", "90 (the default, seed 003 BR-2)")
+    temp_state_retention_hours = whole_number("BG_OPS_TEMP_STATE_RETENTION_HOURS", 24, 1, 24 * 365, "hours",
+                                              "24 (the default)")
+    notification_retention_days = whole_number("BG_OPS_NOTIFICATION_RETENTION_DAYS", 90, 1, 3650, "days",
+                                               "90 (the default)")
+    reminder_log_retention_days = whole_number("BG_OPS_REMINDER_LOG_RETENTION_DAYS", 400, 1, 3650, "days",
+                                               "400 (the default: over a year, so yearly reminders never repeat)")
+    db_backup_keep_daily = whole_number("BG_OPS_DB_BACKUP_KEEP_DAILY", 7, 1, 366, "backups", "7 (the default)")
+    db_backup_keep_weekly = whole_number("BG_OPS_DB_BACKUP_KEEP_WEEKLY", 4, 0, 520, "backups", "4 (the default)")
+    db_backup_cron = get("BG_OPS_DB_BACKUP_CRON") or "30 2 * * *"
+    from bg_ops.defs.maintenance.cron import CronError, parse_cron
+
+    try:
+        parse_cron(db_backup_cron)
+    except CronError as exc:
+        problems.append(f"BG_OPS_DB_BACKUP_CRON={db_backup_cron!r} is not a cron expression ({exc}): use five "
+                        "fields, minute hour day month weekday, in UTC, e.g. '30 2 * * *' (02:30 every night)")
+    db_backup_folder = (get("BG_OPS_DB_BACKUP_FOLDER") or "/_system/db_backups").rstrip("/")
+    if not db_backup_folder.startswith("/") or "//" in db_backup_folder or "\\" in db_backup_folder \
+            or db_backup_folder in ("", "/"):
+        problems.append(f"BG_OPS_DB_BACKUP_FOLDER={get('BG_OPS_DB_BACKUP_FOLDER')!r} is not a cloud folder: use a "
+                        "path under the storage root that starts with '/', such as '/_system/db_backups'")
+
     if problems:
         raise ConfigError(problems)
 
@@ -301,6 +364,15 @@ def load_settings(
         dropbox_app_key=app_key,
         home=home,
         intake_max_body_bytes=intake_max_body_bytes,
+        ui_base_url=ui_base_url,
+        retention_days=retention_days,
+        temp_state_retention_hours=temp_state_retention_hours,
+        notification_retention_days=notification_retention_days,
+        reminder_log_retention_days=reminder_log_retention_days,
+        db_backup_cron=db_backup_cron,
+        db_backup_keep_daily=db_backup_keep_daily,
+        db_backup_keep_weekly=db_backup_keep_weekly,
+        db_backup_folder=db_backup_folder,
         secrets_set=frozenset(secrets),
         _secrets=secrets,
     )

@@ -239,8 +239,9 @@ def test_cleanup_purges_old_sent_mail_but_never_failed_mail(env):
     env.set(old_failed, status="failed", failed_at=now - timedelta(days=400), last_error="SMTP 550")
     env.set(old_canceled, status="canceled", canceled_at=now - timedelta(days=120))
 
-    data = env.json("emails", "cleanup")
+    data = env.json("emails", "cleanup", "--batch-size", "1")
     assert data["deleted"] == 2 and data["older_than_days"] == 90
+    assert data["batches"] == 2  # the weekly cleanup's mail rule: one short transaction per batch
     assert env.statuses() == {recent_sent: "sent", old_failed: "failed", pending: "pending"}
     code, out, _ = env.run("emails", "cleanup", "--older-than", "5")
     assert code == 0 and "deleted 1 " in out

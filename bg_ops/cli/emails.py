@@ -12,7 +12,7 @@ from __future__ import annotations
 import json
 import math
 import sys
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 
 import click
 
@@ -324,24 +324,37 @@ def emails_drain(ctx: click.Context, batch_size: int, max_batches: int | None, a
 @emails.command("cleanup")
 @click.option("--older-than", "days", type=click.IntRange(1), default=90, show_default=True, metavar="DAYS",
               help="Delete sent and canceled mail older than this many days.")
+@click.option("--batch-size", type=click.IntRange(1, 100_000), default=5000, show_default=True,
+              help="Rows per transaction (each batch commits on its own).")
 @json_option
 @click.pass_context
-def emails_cleanup(ctx: click.Context, days: int, as_json: bool) -> None:
+def emails_cleanup(ctx: click.Context, days: int, batch_size: int, as_json: bool) -> None:
     """Delete sent and canceled mail past the retention; failed mail is kept until resolved.
+
+    The mail rule of the weekly cleanup (bg-ops maintenance cleanup) on its own: in batches,
+    each a short transaction, so it is safe beside running workers.
 
     \b
     Examples:
       bg-ops emails cleanup
       bg-ops emails cleanup --older-than 30 --json
     """
-    from bg_ops.defs.email import admin
+    from tqdm import tqdm
+
+    from bg_ops.defs.maintenance.retention import MAIL_RULE, RetentionPolicy, run_cleanup
 
     s = settings_from(ctx)
     now = now_utc()
-    with engine_for(s).begin() as conn:
-        deleted = admin.cleanup(conn, now=now, older_than_days=days)
-    cutoff = now - timedelta(days=days)
-    data = {"deleted": deleted, "older_than_days": days, "cutoff": cutoff.isoformat()}
+    policy = RetentionPolicy(completed_days=days, batch_size=batch_size)
+    bar = tqdm(desc="cleaning", unit="message", file=sys.stderr, disable=None, leave=False)
+    try:
+        report = run_cleanup(engine_for(s), now=now, policy=policy, rules=(MAIL_RULE,),
+                             on_batch=lambda _result, rows: bar.update(rows))
+    finally:
+        bar.close()
+    deleted = report.deleted
+    cutoff = policy.completed_cutoff(now)
+    data = {"deleted": deleted, "older_than_days": days, "cutoff": cutoff.isoformat(), "batches": report.batches}
     human = (f"deleted {deleted} sent or canceled message(s) older than {days} days "
              f"(before {cutoff:%Y-%m-%d %H:%M} UTC); failed mail is kept until retried or canceled")
     emit(data, as_json, human)

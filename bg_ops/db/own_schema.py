@@ -76,6 +76,17 @@ email_queue = sa.Table(
     sa.Index("ix_email_queue_status_failed_at", "status", "failed_at"),
 )
 
+# 0006: the delivery claim's send order within one priority (customer before internal, NULL
+# kind reads as internal; earliest due first), over the contract columns only, so plain-SQL
+# rows need nothing more. The partial index holds only pending rows: a claim reads the first
+# rows of each priority instead of sorting the whole queue (PERFORMANCE.md B1).
+EMAIL_KIND_KEY = sa.func.coalesce(email_queue.c.kind, "internal")
+EMAIL_DUE_AT = sa.func.coalesce(email_queue.c.next_attempt_at, email_queue.c.send_after, email_queue.c.created_at)
+sa.Index(
+    "ix_email_queue_claim_order", email_queue.c.priority, EMAIL_KIND_KEY, EMAIL_DUE_AT, email_queue.c.id,
+    postgresql_where=email_queue.c.status == "pending", sqlite_where=email_queue.c.status == "pending",
+)
+
 upload_queue = sa.Table(
     "upload_queue",
     own_metadata,
@@ -109,6 +120,15 @@ upload_queue = sa.Table(
     sa.Index("ix_upload_queue_company_id_source_path", "company_id", "source_path"),
 )
 
+# 0008: the upload claim's order over the rows still to upload. After a backup scan queues
+# thousands of files, a claim reads its first rows in order instead of sorting them all (B5).
+UPLOAD_ACTIVE_STATUSES = ("queued", "failed", "uploading")
+sa.Index(
+    "ix_upload_queue_claim_order", upload_queue.c.created_at, upload_queue.c.id,
+    postgresql_where=upload_queue.c.status.in_(UPLOAD_ACTIVE_STATUSES),
+    sqlite_where=upload_queue.c.status.in_(UPLOAD_ACTIVE_STATUSES),
+)
+
 # 0003: reminders. One row per (rule, entity, recipient, period): the unique key that makes a
 # reminder go out at most once whatever runs, retries or backfills happen (R14).
 reminder_log = sa.Table(
@@ -125,6 +145,9 @@ reminder_log = sa.Table(
     sa.Column("digest", sa.Boolean, nullable=False, server_default=sa.false()),
     sa.Column("subject", sa.Text),
     sa.Column("created_at", UTCDateTime, nullable=False, server_default=NOW),
+    # 0007: what entity_id names ('approval', 'task', 'project' …), so a client suspension finds
+    # the queued mail about its projects; NULL on rows logged before 0007.
+    sa.Column("entity_type", sa.String(32)),
     sa.UniqueConstraint("company_id", "rule", "entity_id", "recipient_id", "period", name="uq_reminder_log_key"),
     sa.Index("ix_reminder_log_company_id_run_date_digest", "company_id", "run_date", "digest"),
 )
@@ -239,5 +262,55 @@ pto_ledger = sa.Table(
     sa.Index("ix_pto_ledger_company_id_month", "company_id", "month"),
 )
 
+# 0007: client suspension (O7). One row per request (suspend or reinstate a client of a tenant)
+# with its progress, and a journal of the exact prior values of every row a request changed, so
+# a failure is rolled back and a reinstatement reverses exactly what the suspension did.
+SUSPENSION_ACTIONS = ("suspend", "reinstate")
+SUSPENSION_STATUSES = ("requested", "running", "done", "failed")
+
+client_suspensions = sa.Table(
+    "client_suspensions",
+    own_metadata,
+    sa.Column("id", sa.BigInteger().with_variant(sa.Integer, "sqlite"), primary_key=True),
+    sa.Column("company_id", sa.Integer, nullable=False),
+    sa.Column("client_name", sa.Text, nullable=False),
+    sa.Column("action", sa.String(16), nullable=False),
+    sa.Column("status", sa.String(16), nullable=False, server_default="requested"),
+    sa.Column("attempts", sa.Integer, nullable=False, server_default="0"),
+    sa.Column("batches", sa.Integer, nullable=False, server_default="0"),
+    sa.Column("projects", sa.Integer, nullable=False, server_default="0"),
+    sa.Column("approvals", sa.Integer, nullable=False, server_default="0"),
+    sa.Column("approval_steps", sa.Integer, nullable=False, server_default="0"),
+    sa.Column("emails", sa.Integer, nullable=False, server_default="0"),
+    sa.Column("skipped", sa.Integer, nullable=False, server_default="0"),
+    sa.Column("planned", sa.Integer, nullable=False, server_default="0"),
+    sa.Column("error", sa.Text),
+    sa.Column("reinstated_by", sa.BigInteger),
+    sa.Column("requested_at", UTCDateTime, nullable=False, server_default=NOW),
+    sa.Column("started_at", UTCDateTime),
+    sa.Column("finished_at", UTCDateTime),
+    sa.Column("updated_at", UTCDateTime, nullable=False, server_default=NOW),
+    sa.CheckConstraint(f"action IN {SUSPENSION_ACTIONS}", name="action"),
+    sa.CheckConstraint(f"status IN {SUSPENSION_STATUSES}", name="status"),
+    sa.Index("ix_client_suspensions_status_id", "status", "id"),
+    sa.Index("ix_client_suspensions_company_id_client_name", "company_id", "client_name"),
+)
+
+client_suspension_changes = sa.Table(
+    "client_suspension_changes",
+    own_metadata,
+    sa.Column("id", sa.BigInteger().with_variant(sa.Integer, "sqlite"), primary_key=True),
+    sa.Column("request_id", sa.BigInteger, nullable=False),
+    sa.Column("company_id", sa.Integer, nullable=False),
+    sa.Column("entity", sa.String(16), nullable=False),
+    sa.Column("row_id", sa.BigInteger, nullable=False),
+    sa.Column("prior", JSONType, nullable=False),
+    sa.Column("applied", JSONType, nullable=False),
+    sa.Column("reverted_at", UTCDateTime),
+    sa.Column("created_at", UTCDateTime, nullable=False, server_default=NOW),
+    sa.Index("ix_client_suspension_changes_request_id_id", "request_id", "id"),
+)
+
 OWN_TABLES = (email_queue, upload_queue, reminder_log, notifications, service_switches, backup_manifest,
-              archives, renditions, billing_triggers, pto_ledger)
+              archives, renditions, billing_triggers, pto_ledger,
+              client_suspensions, client_suspension_changes)

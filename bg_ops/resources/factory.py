@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dagster as dg
 
+from bg_ops.resources.dagster_ui import DagsterUIResource
 from bg_ops.resources.database import DatabaseResource
 from bg_ops.resources.files import FilesResource
 from bg_ops.resources.mail import MailResource, OutboxMailResource, SmtpMailResource
@@ -53,6 +54,7 @@ def build_resources(settings: Settings) -> dict[str, dg.ConfigurableResource]:
         "files": FilesResource(root=str(settings.files_root)),
         "mail": mail_resource(settings),
         "storage": storage_resource(settings),
+        "dagster_ui": DagsterUIResource(base_url=settings.ui_base_url),
     }
 
 

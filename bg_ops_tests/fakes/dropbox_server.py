@@ -409,6 +409,14 @@ class FakeDropboxServer:
                 _Failure(n, status, retry_after, self._endpoint_name(endpoint), after_processing)
             )
 
+    def clear_failures(self) -> int:
+        """End every queued failure now (the outage is over); return how many requests would
+        still have failed."""
+        with self._lock:
+            left = sum(f.remaining for f in self._failures)
+            self._failures = []
+        return left
+
     def expire_tokens(self) -> None:
         """Every access token issued so far is now expired."""
         with self._lock:

@@ -70,13 +70,7 @@ class PostgresServer:
         try:
             self._run("initdb", "-D", str(self.datadir), "-U", "postgres", "--auth=trust",
                       "-E", "UTF8", "--locale=C.UTF-8" if _has_c_utf8() else "--locale=C")
-            options = (
-                f"-p {self.port} -c listen_addresses=127.0.0.1 -c unix_socket_directories={self.sockdir} "
-                "-c fsync=off -c synchronous_commit=off -c full_page_writes=off "
-                "-c max_connections=200 -c shared_buffers=128MB"
-            )
-            self._run("pg_ctl", "-D", str(self.datadir), "-o", options, "-l",
-                      str(self.basedir / "server.log"), "-w", "-t", "60", "start")
+            self._pg_ctl_start()
         except subprocess.CalledProcessError as exc:
             log = ""
             logfile = self.basedir / "server.log"
@@ -86,6 +80,35 @@ class PostgresServer:
                 f"could not start PostgreSQL ({' '.join(exc.cmd[-3:])}): {exc.stderr.strip()[-1000:]} {log}"
             ) from exc
         return self
+
+    def _pg_ctl_start(self) -> None:
+        options = (
+            f"-p {self.port} -c listen_addresses=127.0.0.1 -c unix_socket_directories={self.sockdir} "
+            "-c fsync=off -c synchronous_commit=off -c full_page_writes=off "
+            "-c max_connections=200 -c shared_buffers=128MB"
+        )
+        self._run("pg_ctl", "-D", str(self.datadir), "-o", options, "-l",
+                  str(self.basedir / "server.log"), "-w", "-t", "60", "start")
+
+    def halt(self) -> None:
+        """Stop the server as an operator's restart does (``fast``: every session is
+        terminated, committed work is kept), keeping its data; new connections are refused
+        until ``resume``. For fault drills. (Not ``immediate``: with this server's
+        ``synchronous_commit=off`` a crash would lose the last acknowledged commits, which a
+        production server does not.)"""
+        self._run("pg_ctl", "-D", str(self.datadir), "-m", "fast", "-w", "stop")
+
+    def resume(self) -> None:
+        """Start a halted server again, on the same port with the same data."""
+        self._pg_ctl_start()
+
+    def is_running(self) -> bool:
+        return self._run("pg_ctl", "-D", str(self.datadir), "status", check=False).returncode == 0
+
+    def restart(self) -> None:
+        """Restart the server: every open connection is lost, committed data stays."""
+        self.halt()
+        self.resume()
 
     def stop(self) -> None:
         if self.datadir.exists():

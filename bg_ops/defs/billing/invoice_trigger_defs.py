@@ -17,6 +17,7 @@ import dagster as dg
 from bg_ops.defs.billing.invoice_trigger import SERVICE, billable_after, create_billing_task
 from bg_ops.defs.email.enqueue import EnqueueError, MailSettings
 from bg_ops.defs.email.rendering import TemplateError
+from bg_ops.defs.retries import TRANSIENT_RETRY
 from bg_ops.defs.tenants.defs import TENANT_PARTITIONS_NAME, tenant_partitions
 from bg_ops.defs.tenants.logic import get_tenant, switched_off_services
 from bg_ops.resources.database import DatabaseResource
@@ -47,7 +48,7 @@ class BillingTaskConfig(dg.Config):
         f"mails the tenant's finance users (its admins when it has none) once. Switch: {SERVICE}."
     ),
     tags={"domain": "billing"},
-    retry_policy=dg.RetryPolicy(max_retries=3, delay=10, backoff=dg.Backoff.EXPONENTIAL, jitter=dg.Jitter.PLUS_MINUS),
+    retry_policy=TRANSIENT_RETRY,
 )
 def create_billing_task_op(context: dg.OpExecutionContext, config: BillingTaskConfig, database: DatabaseResource,
                            mail: MailResource, files: FilesResource) -> None:
@@ -84,8 +85,9 @@ def create_billing_task_op(context: dg.OpExecutionContext, config: BillingTaskCo
         "creates one billing task for finance and mails them, once per billable event. Launched by "
         "billable_project_sensor; safe to re-run."
     ),
-    tags={"domain": "billing"},
+    tags={"domain": "billing", "dagster/max_runtime": "600"},
     executor_def=dg.in_process_executor,
+    owners=["team:bg-ops"],
 )
 def billing_task_job():
     create_billing_task_op()
@@ -112,6 +114,7 @@ def _read_cursor(raw: str | None, now: datetime) -> tuple[datetime, int]:
         "billable|<project id>|<billable_at>), which creates the billing task and tells finance."
     ),
     tags={"domain": "billing"},
+    owners=["team:bg-ops"],
 )
 def billable_project_sensor(context: dg.SensorEvaluationContext, database: DatabaseResource):
     now = _now()

@@ -28,6 +28,7 @@ from bg_ops.defs.billing.payments import (
 )
 from bg_ops.defs.email.enqueue import EnqueueError, MailSettings
 from bg_ops.defs.email.rendering import TemplateError
+from bg_ops.defs.retries import TRANSIENT_RETRY
 from bg_ops.defs.tenants.logic import switched_off_services
 from bg_ops.resources.database import DatabaseResource
 from bg_ops.resources.files import FilesResource
@@ -38,9 +39,7 @@ PAYMENT_OP_NAME = "process_payment_event"
 PAYMENT_PRIORITY = "10"  # the highest run priority of bg_ops (B5)
 BATCH = 200
 RESCAN_IDS = 200
-PAYMENT_RETRY_POLICY = dg.RetryPolicy(
-    max_retries=3, delay=5, backoff=dg.Backoff.EXPONENTIAL, jitter=dg.Jitter.PLUS_MINUS
-)
+PAYMENT_RETRY_POLICY = TRANSIENT_RETRY
 MAX_RETRIES = PAYMENT_RETRY_POLICY.max_retries
 
 
@@ -134,8 +133,9 @@ def process_payment_event_op(context: dg.OpExecutionContext, config: PaymentEven
         "config): marks the invoice paid and tells finance, once. Launched by payment_event_sensor with run "
         "key = the event id, at the highest run priority."
     ),
-    tags={"domain": "billing", "dagster/priority": PAYMENT_PRIORITY},
+    tags={"domain": "billing", "dagster/priority": PAYMENT_PRIORITY, "dagster/max_runtime": "600"},
     executor_def=dg.in_process_executor,
+    owners=["team:bg-ops"],
 )
 def process_payment_event_job():
     process_payment_event_op()
@@ -172,6 +172,7 @@ def _read_cursor(raw: str | None) -> int:
         "once; runs carry dagster/priority 10 and the tenant tag when known."
     ),
     tags={"domain": "billing"},
+    owners=["team:bg-ops"],
 )
 def payment_event_sensor(context: dg.SensorEvaluationContext, database: DatabaseResource):
     cursor = _read_cursor(context.cursor)

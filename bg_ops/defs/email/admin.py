@@ -122,22 +122,22 @@ def cancel(conn: sa.Connection, *, now: datetime, ids: list[int]) -> list[int]:
     return [r.id for r in conn.execute(stmt)]
 
 
+def past_retention(cutoff: datetime):
+    """Mail past the retention (E12): sent or canceled before ``cutoff``. Failed mail stays until
+    resolved (retried or canceled). Shared with the weekly cleanup (bg_ops.defs.maintenance)."""
+    return sa.or_(
+        sa.and_(q.c.status == "sent", q.c.sent_at < cutoff),
+        sa.and_(q.c.status == "canceled", q.c.canceled_at < cutoff),
+    )
+
+
 def cleanup(conn: sa.Connection, *, now: datetime, older_than_days: int = RETENTION_DAYS,
             batch_size: int = 5000) -> int:
     """Delete sent (and canceled) mail older than the retention; failed mail stays until resolved."""
     cutoff = now - timedelta(days=older_than_days)
     total = 0
     while True:
-        ids = conn.execute(
-            sa.select(q.c.id)
-            .where(
-                sa.or_(
-                    sa.and_(q.c.status == "sent", q.c.sent_at < cutoff),
-                    sa.and_(q.c.status == "canceled", q.c.canceled_at < cutoff),
-                )
-            )
-            .limit(batch_size)
-        ).scalars().all()
+        ids = conn.execute(sa.select(q.c.id).where(past_retention(cutoff)).limit(batch_size)).scalars().all()
         if not ids:
             return total
         total += conn.execute(sa.delete(q).where(q.c.id.in_(ids))).rowcount

@@ -9,6 +9,7 @@ from bg_ops.defs.email import admin
 from bg_ops.defs.email.delivery import DeliveryPolicy, count_due, deliver_due
 from bg_ops.defs.email.enqueue import MailSettings
 from bg_ops.defs.queue_workers import worker_run_request
+from bg_ops.defs.retries import TRANSIENT_RETRY
 from bg_ops.resources.database import DatabaseResource
 from bg_ops.resources.files import FilesResource
 from bg_ops.resources.mail import MailResource
@@ -48,6 +49,7 @@ def _now() -> datetime:
         "permanent ones, then mails the admins one list of newly failed messages."
     ),
     tags={"domain": "email"},
+    retry_policy=TRANSIENT_RETRY,
 )
 def send_due_emails(
     context: dg.OpExecutionContext,
@@ -87,8 +89,9 @@ def send_due_emails(
         "when mail is due, with a one-minute schedule as fallback. Safe to run as several copies "
         "on PostgreSQL."
     ),
-    tags={"bg_ops/singleton": "email_delivery", "domain": "email"},
+    tags={"bg_ops/singleton": "email_delivery", "domain": "email", "dagster/max_runtime": "900"},
     executor_def=dg.in_process_executor,
+    owners=["team:bg-ops"],
 )
 def send_due_emails_job():
     send_due_emails()
@@ -111,6 +114,8 @@ def _delivery_request(context, database: DatabaseResource, now: datetime) -> dg.
         "Launches the email delivery job when mail is due and no delivery run is going (one run "
         "at a time). The cursor keeps the time of the last launch."
     ),
+    owners=["team:bg-ops"],
+    tags={"domain": "email"},
 )
 def email_delivery_sensor(context: dg.SensorEvaluationContext, database: DatabaseResource):
     now = _now()
@@ -126,6 +131,8 @@ def email_delivery_sensor(context: dg.SensorEvaluationContext, database: Databas
     cron_schedule="* * * * *",
     default_status=dg.DefaultScheduleStatus.RUNNING,
     description="Fallback for email_delivery_sensor: every minute, launches delivery when mail is due.",
+    owners=["team:bg-ops"],
+    tags={"domain": "email"},
 )
 def email_delivery_schedule(context: dg.ScheduleEvaluationContext, database: DatabaseResource):
     return _delivery_request(context, database, context.scheduled_execution_time.astimezone(UTC))
@@ -133,6 +140,7 @@ def email_delivery_schedule(context: dg.ScheduleEvaluationContext, database: Dat
 
 @dg.asset(
     name="email_queue_health",
+    retry_policy=TRANSIENT_RETRY,
     group_name="email",
     owners=["team:bg-ops"],
     tags={"domain": "email"},
@@ -185,8 +193,9 @@ email_queue_health_job = dg.define_asset_job(
     name="email_queue_health_job",
     selection=[email_queue_health],
     description="Refreshes the email queue dashboard.",
-    tags={"bg_ops/singleton": "email_queue_health", "domain": "email"},
+    tags={"bg_ops/singleton": "email_queue_health", "domain": "email", "dagster/max_runtime": "300"},
     executor_def=dg.in_process_executor,
+    owners=["team:bg-ops"],
 )
 
 email_queue_health_schedule = dg.ScheduleDefinition(
@@ -195,4 +204,6 @@ email_queue_health_schedule = dg.ScheduleDefinition(
     cron_schedule="*/5 * * * *",
     default_status=dg.DefaultScheduleStatus.RUNNING,
     description="Refreshes the email queue dashboard and its checks every five minutes.",
+    owners=["team:bg-ops"],
+    tags={"domain": "email"},
 )

@@ -18,6 +18,7 @@ import dagster as dg
 from bg_ops.defs.email.enqueue import EnqueueError, MailSettings
 from bg_ops.defs.email.rendering import TemplateError
 from bg_ops.defs.people.pto import PROMOTION_SERVICE, SERVICE, MonthNotStarted, accrue_pto
+from bg_ops.defs.retries import TRANSIENT_RETRY
 from bg_ops.defs.tenants.defs import TENANT_PARTITIONS_NAME, tenant_partitions
 from bg_ops.defs.tenants.logic import get_tenant, switched_off_services
 from bg_ops.resources.database import DatabaseResource
@@ -50,7 +51,7 @@ class PtoAccrualConfig(dg.Config):
     owners=["team:bg-ops"],
     tags={"domain": "people"},
     kinds={"sql"},
-    retry_policy=dg.RetryPolicy(max_retries=3, delay=10, backoff=dg.Backoff.EXPONENTIAL, jitter=dg.Jitter.PLUS_MINUS),
+    retry_policy=TRANSIENT_RETRY,
     description=(
         "The PTO ledger of one tenant and month (B3): every active employee (any role but client) hired on "
         "or before the month's 1st is credited the monthly hours of their tenure tier (pto_tiers, full "
@@ -108,8 +109,9 @@ pto_accrual_job = dg.define_asset_job(
         "and announces tier promotions, once. Requested by pto_accrual_schedule on each tenant's 1st; "
         "backfill past months from the UI or `dagster job backfill`."
     ),
-    tags={"domain": "people"},
+    tags={"domain": "people", "dagster/max_runtime": "1800"},
     config={"execution": {"config": {"in_process": {}}}},
+    owners=["team:bg-ops"],
 )
 
 
@@ -134,6 +136,8 @@ def month_to_request(tenant_zone, now: datetime) -> str | None:
         "(partition <YYYY-MM-01>|<tenant>); the run key makes the first request per tenant and month the only "
         "one. Months missed while the daemon was down are filled with a backfill."
     ),
+    owners=["team:bg-ops"],
+    tags={"domain": "people"},
 )
 def pto_accrual_schedule(context: dg.ScheduleEvaluationContext, database: DatabaseResource):
     from bg_ops.defs.tenants.logic import active_tenants

@@ -23,6 +23,7 @@ from bg_ops.defs.reminders.calendar import (
     has_expired_events,
     send_calendar_reminders,
 )
+from bg_ops.defs.retries import TRANSIENT_RETRY
 from bg_ops.defs.tenants.defs import TENANT_PARTITIONS_NAME, tenant_partitions
 from bg_ops.defs.tenants.logic import active_tenants, get_tenant, switched_off_services
 from bg_ops.resources.database import DatabaseResource
@@ -31,7 +32,6 @@ from bg_ops.resources.mail import MailResource
 
 CALENDAR_JOB_NAME = "calendar_reminders_job"
 SEND_OP_NAME = "send_calendar_reminders"
-CALENDAR_RETRY = dg.RetryPolicy(max_retries=3, delay=5, backoff=dg.Backoff.EXPONENTIAL, jitter=dg.Jitter.PLUS_MINUS)
 
 
 def _now() -> datetime:
@@ -68,7 +68,7 @@ def _window(config: CalendarWindowConfig, now: datetime) -> tuple[datetime, date
     ),
     tags={"domain": "reminders", "rule": "calendar_event"},
     out=dg.Out(dg.Nothing),
-    retry_policy=CALENDAR_RETRY,
+    retry_policy=TRANSIENT_RETRY,
 )
 def send_calendar_reminders_op(context: dg.OpExecutionContext, config: CalendarWindowConfig,
                                database: DatabaseResource, mail: MailResource, files: FilesResource) -> None:
@@ -98,7 +98,7 @@ def send_calendar_reminders_op(context: dg.OpExecutionContext, config: CalendarW
     description="R12: deletes the tenant's one-off calendar events that ended more than a day ago, and their attendees.",
     tags={"domain": "reminders"},
     ins={"after_reminders": dg.In(dg.Nothing)},
-    retry_policy=CALENDAR_RETRY,
+    retry_policy=TRANSIENT_RETRY,
 )
 def cleanup_expired_calendar_events_op(context: dg.OpExecutionContext, database: DatabaseResource) -> None:
     with database.session() as session:
@@ -116,8 +116,9 @@ def cleanup_expired_calendar_events_op(context: dg.OpExecutionContext, database:
         "at once and at most once per occurrence, then deletes one-off events that ended over a day ago. "
         "Launched by calendar_reminder_sensor."
     ),
-    tags={"domain": "reminders"},
+    tags={"domain": "reminders", "dagster/max_runtime": "900"},
     executor_def=dg.in_process_executor,
+    owners=["team:bg-ops"],
 )
 def calendar_reminders_job():
     cleanup_expired_calendar_events_op(after_reminders=send_calendar_reminders_op())
@@ -135,6 +136,7 @@ def calendar_reminders_job():
         "tenants with expired one-off events. Tenants with nothing due get no run."
     ),
     tags={"domain": "reminders"},
+    owners=["team:bg-ops"],
 )
 def calendar_reminder_sensor(context: dg.SensorEvaluationContext, database: DatabaseResource):
     now = _now().replace(microsecond=0)

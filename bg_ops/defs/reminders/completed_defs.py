@@ -16,6 +16,7 @@ import dagster as dg
 from bg_ops.defs.email.enqueue import EnqueueError, MailSettings
 from bg_ops.defs.email.rendering import TemplateError
 from bg_ops.defs.reminders.completed import completed_after, notify_approval_completed
+from bg_ops.defs.retries import TRANSIENT_RETRY
 from bg_ops.defs.tenants.defs import TENANT_PARTITIONS_NAME, tenant_partitions
 from bg_ops.defs.tenants.logic import get_tenant, switched_off_services
 from bg_ops.resources.database import DatabaseResource
@@ -44,7 +45,7 @@ class ApprovalCompletedConfig(dg.Config):
         "took part, active users of the tenant) that the journey is complete, once per completion."
     ),
     tags={"domain": "reminders", "rule": "approval_completed"},
-    retry_policy=dg.RetryPolicy(max_retries=3, delay=10, backoff=dg.Backoff.EXPONENTIAL, jitter=dg.Jitter.PLUS_MINUS),
+    retry_policy=TRANSIENT_RETRY,
 )
 def notify_approval_completed_op(context: dg.OpExecutionContext, config: ApprovalCompletedConfig,
                                  database: DatabaseResource, mail: MailResource, files: FilesResource) -> None:
@@ -72,8 +73,9 @@ def notify_approval_completed_op(context: dg.OpExecutionContext, config: Approva
         "Approval completed: for one approval (named in the run config) of one tenant, mails the project's "
         "PM and every approver who took part, once per completion. Launched by approval_completed_sensor."
     ),
-    tags={"domain": "reminders"},
+    tags={"domain": "reminders", "dagster/max_runtime": "600"},
     executor_def=dg.in_process_executor,
+    owners=["team:bg-ops"],
 )
 def approval_completed_job():
     notify_approval_completed_op()
@@ -100,6 +102,7 @@ def _read_cursor(raw: str | None, now: datetime) -> tuple[datetime, int]:
         "approval-completed|<id>|<completed_at>), which tells the PM and the approvers."
     ),
     tags={"domain": "reminders"},
+    owners=["team:bg-ops"],
 )
 def approval_completed_sensor(context: dg.SensorEvaluationContext, database: DatabaseResource):
     now = _now()

@@ -9,6 +9,7 @@ from bg_ops.defs.email.rendering import TemplateError
 from bg_ops.defs.reminders.engine import Rule, RuleContext, run_rule, send_digests
 from bg_ops.defs.reminders.recurring import generate_recurring_tasks_op
 from bg_ops.defs.reminders.rules import ALL_RULES
+from bg_ops.defs.retries import TRANSIENT_RETRY
 from bg_ops.defs.tenants.defs import TENANT_PARTITIONS_NAME, tenant_partitions
 from bg_ops.defs.tenants.logic import Tenant, get_tenant, switched_off_services
 from bg_ops.resources.database import DatabaseResource
@@ -29,7 +30,6 @@ reminder_partitions = dg.MultiPartitionsDefinition(
 
 # Talking to the database or SMTP can fail for a moment: retry with backoff and jitter (O2).
 # Bad templates or data fail at once (dg.Failure(allow_retries=False)): a retry cannot fix them.
-TRANSIENT_RETRY = dg.RetryPolicy(max_retries=3, delay=10, backoff=dg.Backoff.EXPONENTIAL, jitter=dg.Jitter.PLUS_MINUS)
 
 
 class ReminderRunConfig(dg.Config):
@@ -43,6 +43,7 @@ def _now() -> datetime:
 @dg.op(
     description="Resolves the run's tenant and tenant-local day from the partition; carries the dry_run switch.",
     tags={"domain": "reminders"},
+    retry_policy=TRANSIENT_RETRY,
 )
 def reminder_day(context: dg.OpExecutionContext, config: ReminderRunConfig, database: DatabaseResource) -> dict:
     keys = context.partition_key.keys_by_dimension
@@ -118,8 +119,9 @@ def send_reminder_digests(context: dg.OpExecutionContext, run: dict, database: D
         "tasks, …), each enqueueing at most one mail per reminder and person, timed for 08:00 "
         "local. Catch up missed days with a backfill; nothing is sent twice."
     ),
-    tags={"domain": "reminders"},
+    tags={"domain": "reminders", "dagster/max_runtime": "1800"},
     executor_def=dg.in_process_executor,
+    owners=["team:bg-ops"],
 )
 def daily_reminders_job():
     run = reminder_day()
@@ -144,6 +146,8 @@ def local_today(tenant_zone, now: datetime) -> str:
         "Hourly: requests today's reminders run for every active tenant whose local day has "
         "begun (the run key makes the first request per tenant and day the only one)."
     ),
+    owners=["team:bg-ops"],
+    tags={"domain": "reminders"},
 )
 def daily_reminders_schedule(context: dg.ScheduleEvaluationContext, database: DatabaseResource):
     from bg_ops.defs.tenants.logic import active_tenants

@@ -3,6 +3,7 @@
 
 import dagster as dg
 
+from bg_ops.defs.retries import TRANSIENT_RETRY
 from bg_ops.defs.tenants.logic import (
     active_tenant_slugs,
     get_tenant,
@@ -25,6 +26,7 @@ tenant_partitions = dg.DynamicPartitionsDefinition(name=TENANT_PARTITIONS_NAME)
     minimum_interval_seconds=60,
     default_status=dg.DefaultSensorStatus.RUNNING,
     tags={"domain": "tenants"},
+    owners=["team:bg-ops"],
 )
 def tenant_partitions_sensor(context: dg.SensorEvaluationContext, database: DatabaseResource):
     with database.session() as session:
@@ -45,6 +47,7 @@ def tenant_partitions_sensor(context: dg.SensorEvaluationContext, database: Data
 @dg.asset(
     name="tenant_summary",
     partitions_def=tenant_partitions,
+    retry_policy=TRANSIENT_RETRY,
     group_name="operations",
     owners=["team:bg-ops"],
     tags={"domain": "tenants"},
@@ -67,6 +70,7 @@ tenant_summary_job = dg.define_asset_job(
     name="tenant_summary_job",
     selection=[tenant_summary_asset],
     description="Refreshes the per-tenant summary for one tenant partition.",
-    tags={"domain": "tenants"},
+    tags={"domain": "tenants", "dagster/max_runtime": "600"},
     config={"execution": {"config": {"in_process": {}}}},
+    owners=["team:bg-ops"],
 )
