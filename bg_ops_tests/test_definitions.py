@@ -16,7 +16,9 @@ EXPECTED_JOBS = {"tenant_summary_job", "send_due_emails_job", "email_queue_healt
                  "upload_files_job", "nightly_backup_job", "storage_health_job", "restore_drill_job",
                  "archive_document_job", "approval_thumbnails_job",
                  "billing_task_job", "pto_accrual_job",
-                 "process_payment_event_job"}
+                 "process_payment_event_job",
+                 "weekly_cleanup_job", "db_backup_job", "db_restore_test_job",
+                 "client_suspension_job"}
 EXPECTED_SCHEDULES: dict[str, str] = {
     "daily_reminders_schedule": "5 * * * *",
     "email_delivery_schedule": "* * * * *",
@@ -27,14 +29,20 @@ EXPECTED_SCHEDULES: dict[str, str] = {
     "restore_drill_schedule": "0 4 * * 0",
     "approval_thumbnails_schedule": "40 2 * * *",
     "pto_accrual_schedule": "10 * * * *",
+    "weekly_cleanup_schedule": "0 3 * * 0",
+    "db_backup_schedule": "* * * * *",  # fires at BG_OPS_DB_BACKUP_CRON, read at tick time
+    "db_restore_test_schedule": "0 5 * * 0",
+    "tenant_summary_schedule": "*/15 * * * *",
 }
 EXPECTED_SENSORS = {"tenant_partitions_sensor", "email_delivery_sensor", "calendar_reminder_sensor", "approval_completed_sensor",
                     "upload_queue_sensor", "document_archival_sensor",
                     "billable_project_sensor",
-                    "payment_event_sensor"}
+                    "payment_event_sensor",
+                    "run_failure_alert_sensor",
+                    "client_suspension_sensor"}
 EXPECTED_ASSETS = {"tenant_summary", "email_queue_health", "upload_queue_health", "storage_quota",
                    "pto_accrual"}
-EXPECTED_RESOURCES = {"database", "files", "mail", "storage"}
+EXPECTED_RESOURCES = {"database", "files", "mail", "storage", "dagster_ui"}
 
 
 @pytest.fixture
@@ -136,3 +144,30 @@ def test_cli_gets_the_same_resources_with_secrets_resolved(tmp_path, monkeypatch
     assert isinstance(for_dagster.password, dg.EnvVar)
     assert for_cli.password == "pw-123" and not isinstance(for_cli.password, dg.EnvVar)
     assert (for_cli.host, for_cli.username) == ("mail.example.com", "bg")
+
+
+def test_every_job_schedule_sensor_and_asset_has_a_description_an_owner_and_a_domain(loaded):
+    """U1: what an operator reads in the UI. A domain is the asset's group, or the `domain` tag
+    of jobs, schedules and sensors (Dagster groups only assets); owners like "team:bg-ops"."""
+    repo = loaded.get_repository_def()
+    problems: list[str] = []
+
+    def check(kind: str, name: str, description: str | None, owners, domain: str | None) -> None:
+        if not description or len(description.split()) < 5:
+            problems.append(f"{kind} {name}: needs a description of a sentence or more")
+        if not owners:
+            problems.append(f"{kind} {name}: needs owners=['team:bg-ops']")
+        if not domain or domain == "default":
+            problems.append(f"{kind} {name}: needs its domain (tags={{'domain': ...}} / group_name)")
+
+    for job in repo.get_all_jobs():
+        if not job.name.startswith("__"):
+            check("job", job.name, job.description, job.owners, job.tags.get("domain"))
+    for schedule in repo.schedule_defs:
+        check("schedule", schedule.name, schedule.description, schedule.owners, schedule.tags.get("domain"))
+    for sensor in repo.sensor_defs:
+        check("sensor", sensor.name, sensor.description, sensor.owners, sensor.tags.get("domain"))
+    for key in repo.asset_graph.get_all_asset_keys():
+        node = repo.asset_graph.get(key)
+        check("asset", key.to_user_string(), node.description, node.owners, node.group_name)
+    assert not problems, "\n".join(problems)

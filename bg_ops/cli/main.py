@@ -49,10 +49,27 @@ class BgOpsGroup(click.Group):
         except Exception as exc:  # noqa: BLE001 - the CLI's last line of defence
             if ctx.obj and ctx.obj.get("debug"):
                 raise
+            missing = _missing_table(exc)
+            if missing:
+                raise CliError(
+                    f"the database has no table {missing}: run 'bg-ops db upgrade' for bg_ops's "
+                    "tables, or point BG_OPS_DATABASE_URL at the platform's database "
+                    "('bg-ops demo seed' for a demo)", EXIT_CONFIG,
+                ) from None
             text = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
             raise CliError(
                 f"{exc.__class__.__name__}: {text} (run with --debug for the traceback)"
             ) from None
+
+
+def _missing_table(exc: Exception) -> str | None:
+    """The table named by a database's "no such table" error (SQLite, PostgreSQL), if that is it."""
+    import re
+
+    if not type(exc).__module__.startswith("sqlalchemy"):
+        return None
+    found = re.search(r'no such table: (\w+)|relation "(\w+)" does not exist', str(exc))
+    return (found.group(1) or found.group(2)) if found else None
 
 
 def emit(data, as_json: bool, human: str | None = None) -> None:
@@ -84,15 +101,45 @@ def settings_from(ctx: click.Context, *, database: bool = True) -> Settings:
 def cli(ctx: click.Context, debug: bool) -> None:
     """Admin tools for bg_ops, the agency platform's background operations.
 
-    Configuration comes from BG_OPS_* environment variables (see README); with none set,
-    everything runs on the embedded default under ./.bg_ops (SQLite database, mail as .eml
-    files in ./.bg_ops/outbox, cloud storage in ./.bg_ops/cloud).
+    bg_ops is one Dagster code location that sends the platform's email from a queue,
+    reminds people of approvals, tasks and deadlines, uploads, backs up and archives files to
+    Dropbox, and runs billing and PTO jobs, one tenant (company) at a time. Schedules, sensors
+    and runs live in the Dagster UI (`make dev`, then http://127.0.0.1:3000); this command is
+    for what an operator does beside it, and needs no Dagster daemon or instance.
+
+    \b
+    Command groups:
+      doctor       check configuration, database, SMTP, Dropbox, files: every problem, with its fix
+      config       the effective configuration, secrets hidden
+      db           create and upgrade bg_ops's tables; the demo's application tables
+      demo         deterministic demo data and files, to try bg_ops out
+      tenants      the companies bg_ops serves
+      emails       the email queue: stats, failed, retry, cancel, drain, show, enqueue, preview
+      uploads      the upload queue: stats, failed, retry, drain, show, scan (backup now)
+      reminders    preview what a tenant's reminder rules would send on a day
+      services     switch a service off or on for every tenant
+      intake       the payment webhook endpoint
+      clients      suspend or reinstate one client of a tenant, all or nothing
+      maintenance  retention cleanup of bg_ops's tables
+    Each command has its own --help with examples.
+
+    \b
+    Conventions:
+      configuration  BG_OPS_* environment variables (README); with none set, the embedded
+                     default under ./.bg_ops: SQLite database, mail as .eml files in
+                     ./.bg_ops/outbox, "cloud" storage in ./.bg_ops/cloud
+      --json         exactly one JSON document on stdout; progress bars and logs on stderr
+      errors         one line naming the problem and the fix; --debug for the traceback
+      exit codes     0 done, 1 failed, 2 configuration (or database) problem
 
     \b
     Examples:
+      bg-ops doctor                      is everything configured and reachable?
       bg-ops db upgrade                  create or upgrade bg_ops's own tables
       bg-ops demo seed --tenants 3       fill the database with demo data and files
-      bg-ops config show --json          the effective configuration, secrets hidden
+      bg-ops emails stats --json         queue figures for a script or a dashboard
+      bg-ops emails drain                send everything due now, with a progress bar
+      bg-ops reminders preview --tenant acme --date 2026-11-23
     """
     ctx.ensure_object(dict)
     ctx.obj["debug"] = debug
@@ -139,8 +186,21 @@ def config_show(ctx: click.Context, as_json: bool) -> None:
         "dropbox_root": s.dropbox_root,
         "dropbox_app_key_set": s.dropbox_app_key is not None,
         "secrets_set": sorted(s.secrets_set),
+        "retention": {
+            "days": s.retention_days,
+            "temp_state_hours": s.temp_state_retention_hours,
+            "notification_days": s.notification_retention_days,
+            "reminder_log_days": s.reminder_log_retention_days,
+        },
+        "db_backup": {
+            "cron": s.db_backup_cron,
+            "keep_daily": s.db_backup_keep_daily,
+            "keep_weekly": s.db_backup_keep_weekly,
+            "folder": s.db_backup_folder,
+        },
     }
-    lines = [f"{k}: {v}" for k, v in data.items() if k != "smtp"]
+    lines = [f"{k}: {v}" for k, v in data.items() if k not in ("smtp", "retention", "db_backup")]
+    lines += [f"{k}: " + ", ".join(f"{name}={value}" for name, value in data[k].items()) for k in ("retention", "db_backup")]
     lines.insert(4, "smtp: " + ", ".join(f"{k}={v}" for k, v in data["smtp"].items()))
     emit(data, as_json, "\n".join(lines))
 
@@ -181,7 +241,12 @@ def db_upgrade(ctx: click.Context, as_json: bool) -> None:
 @json_option
 @click.pass_context
 def db_current(ctx: click.Context, as_json: bool) -> None:
-    """Show the migration the database is at and the latest one shipped."""
+    """Show the migration the database is at and the latest one shipped.
+
+    \b
+    Example:
+      bg-ops db current --json           {"current": ..., "head": ..., "up_to_date": true}
+    """
     from bg_ops.db import migrate
     from bg_ops.db.engine import get_engine
 
@@ -202,6 +267,10 @@ def db_init_app_schema(ctx: click.Context, as_json: bool) -> None:
     """Create the platform's application tables (DATA_MODEL.md) where missing.
 
     For the demo and tests: in production the platform owns these tables.
+
+    \b
+    Example:
+      BG_OPS_DATABASE_URL=sqlite:///./demo.db bg-ops db init-app-schema
     """
     from bg_ops.db import migrate
     from bg_ops.db.engine import get_engine
@@ -302,7 +371,13 @@ def tenants() -> None:
 @json_option
 @click.pass_context
 def tenants_list(ctx: click.Context, as_json: bool) -> None:
-    """List tenants with their time zone and whether they are active."""
+    """List tenants with their time zone and whether they are active.
+
+    \b
+    Examples:
+      bg-ops tenants list
+      bg-ops tenants list --json | jq -r '.[] | select(.is_active) | .slug'
+    """
     import sqlalchemy as sa
 
     from bg_ops.db.app_schema import Company
@@ -324,12 +399,20 @@ from bg_ops.cli.emails import emails  # noqa: E402 - registers `bg-ops emails`
 from bg_ops.cli.reminders import reminders, services  # noqa: E402
 from bg_ops.cli.uploads import uploads  # noqa: E402
 from bg_ops.cli.intake import intake  # noqa: E402
+from bg_ops.cli.maintenance import db_backup, db_restore_test, maintenance  # noqa: E402
+from bg_ops.cli.clients import clients  # noqa: E402
+from bg_ops.cli.doctor import doctor  # noqa: E402
 
 cli.add_command(emails)
 cli.add_command(reminders)
 cli.add_command(services)
 cli.add_command(uploads)
 cli.add_command(intake)
+cli.add_command(maintenance)
+db.add_command(db_backup)
+db.add_command(db_restore_test)
+cli.add_command(clients)
+cli.add_command(doctor)
 
 def main(argv: list[str] | None = None) -> int:
     try:

@@ -105,7 +105,13 @@ def preview(ctx: click.Context, slug: str, day: str | None, rule_names: tuple[st
 @json_option
 @click.pass_context
 def services_list(ctx: click.Context, as_json: bool) -> None:
-    """Services switched off (or back on) for every tenant."""
+    """Services switched off (or back on) for every tenant.
+
+    \b
+    Examples:
+      bg-ops services list
+      bg-ops services list --json
+    """
     import sqlalchemy as sa
 
     from bg_ops.db.engine import get_engine
@@ -145,7 +151,15 @@ def _switch(ctx: click.Context, service: str, enabled: bool, note: str | None, a
 @json_option
 @click.pass_context
 def services_disable(ctx: click.Context, service: str, note: str | None, as_json: bool) -> None:
-    """Switch SERVICE off for every tenant (e.g. reminders, reminders.task_due)."""
+    """Switch SERVICE off for every tenant (e.g. reminders, reminders.task_due).
+
+    Runs that skip a switched-off service say so in their metadata.
+
+    \b
+    Examples:
+      bg-ops services disable reminders.birthdays --note "HR asked, until January"
+      bg-ops services disable backup
+    """
     _switch(ctx, service, False, note, as_json)
 
 
@@ -155,5 +169,10 @@ def services_disable(ctx: click.Context, service: str, note: str | None, as_json
 @json_option
 @click.pass_context
 def services_enable(ctx: click.Context, service: str, note: str | None, as_json: bool) -> None:
-    """Switch SERVICE back on for every tenant."""
+    """Switch SERVICE back on for every tenant.
+
+    \b
+    Example:
+      bg-ops services enable reminders.birthdays
+    """
     _switch(ctx, service, True, note, as_json)
