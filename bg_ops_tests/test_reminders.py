@@ -316,6 +316,26 @@ def test_schedule_requests_today_for_each_tenant_in_its_own_zone(world, db_url):
     assert sorted(r.run_key for r in requests) == ["reminders|2026-11-23|aloha", "reminders|2026-11-24|kiwi"]
 
 
+def test_a_tenant_already_in_tomorrow_gets_a_partition_that_exists(world, db_url):
+    """Late in the UTC day, kiwi (UTC+14) is on UTC's tomorrow: the tick's request must name a
+    partition Dagster knows (it failed as an unknown partition until UTC midnight)."""
+    from bg_ops.defs.reminders.defs import daily_reminders_schedule, reminder_partitions
+    from bg_ops.resources.database import DatabaseResource
+
+    tick = datetime.now(UTC).replace(hour=23, minute=5, second=0, microsecond=0)
+    with dg.instance_for_test() as instance:
+        instance.add_dynamic_partitions("tenants", list(ZONES))
+        with dg.build_schedule_context(instance=instance, resources={"database": DatabaseResource(url=db_url)},
+                                       scheduled_execution_time=tick) as ctx:
+            requests = daily_reminders_schedule(ctx)
+        keys = sorted((r.partition_key.keys_by_dimension["tenant"], r.partition_key.keys_by_dimension["date"])
+                      for r in requests)
+        assert keys == [("aloha", tick.date().isoformat()), ("kiwi", (tick.date() + timedelta(days=1)).isoformat())]
+        for when in (tick, datetime.now(UTC)):  # at the tick, and whenever the daemon gets to it
+            with dg.partition_loading_context(effective_dt=when, dynamic_partitions_store=instance):
+                assert all(reminder_partitions.has_partition_key(r.partition_key) for r in requests), when
+
+
 def test_a_week_backfilled_over_days_already_run_sends_each_reminder_once(world, mail_settings):
     from bg_ops.defs.reminders.rules import ALL_RULES
 

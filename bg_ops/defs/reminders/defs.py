@@ -19,11 +19,13 @@ from bg_ops.resources.mail import MailResource
 REMINDERS_START_DATE = "2025-01-01"
 JOB_NAME = "daily_reminders_job"
 
-# The date dimension is the tenant's local day; end_offset=1 admits tenants already in
-# tomorrow (UTC+13) while UTC is still today.
+# The date dimension is the tenant's local day. A daily partition exists once its UTC day is
+# over; end_offset=1 adds UTC's today, end_offset=2 also UTC's tomorrow, where tenants east of
+# UTC (up to UTC+14) already are while UTC is still today — with 1, the hourly schedule's
+# request for such a tenant's day failed as an unknown partition until UTC midnight.
 reminder_partitions = dg.MultiPartitionsDefinition(
     {
-        "date": dg.DailyPartitionsDefinition(start_date=REMINDERS_START_DATE, end_offset=1),
+        "date": dg.DailyPartitionsDefinition(start_date=REMINDERS_START_DATE, end_offset=2),
         "tenant": tenant_partitions,
     }
 )
