@@ -268,6 +268,22 @@ def test_show_prints_every_field_with_full_addresses(env):
     assert code == 1 and out == "" and "424242" in one_error_line(err)
 
 
+def test_show_previews_the_bodies_of_mail_rendered_at_delivery(env):
+    """A reminder (or plain-SQL) row holds a template, not bodies: show renders what will be
+    sent, and says when it would fail."""
+    context = {"recipient_name": "Ana", "title": "Proof 7", "project": "Launch", "when": "due tomorrow",
+               "due_on": "2026-11-24"}
+    good = env.insert_sql(1, ["ana@client.example"], template="reminder_task_due", context=context)
+    bad = env.insert_sql(1, ["ana@client.example"], template="reminder_task_due", context={"recipient_name": "Ana"})
+    data = env.json("emails", "show", str(good))
+    assert "Hello Ana" in data["body_text"] and "Proof 7" in data["body_text"]
+    assert "Acme Creative" in data["body_html"] and data["prebuilt_bytes"] is None
+    assert data["bodies"] == "rendered at delivery from template 'reminder_task_due' (preview)"
+    code, out, err = env.run("emails", "show", str(bad))
+    assert code == 0, err
+    assert "will fail at delivery" in out and "undefined" in out
+
+
 def test_enqueue_refusals_are_one_line_and_queue_nothing(env, tmp_path):
     (tmp_path / "secret.txt").write_text("outside the files root")
     (env.files / "brief.pdf").write_bytes(b"%PDF-1.4 demo")

@@ -366,7 +366,7 @@ _SHOW_ORDER = (
     "id", "tenant", "company_id", "status", "priority", "kind", "to_addrs", "cc_addrs", "bcc_addrs", "reply_to",
     "subject", "template", "context", "attachments", "idempotency_key", "message_id", "attempts", "max_attempts",
     "last_error", "created_at", "send_after", "next_attempt_at", "last_attempt_at", "locked_until", "locked_by",
-    "sent_at", "failed_at", "canceled_at", "alerted_at", "updated_at", "prebuilt_bytes", "body_text", "body_html",
+    "sent_at", "failed_at", "canceled_at", "alerted_at", "updated_at", "prebuilt_bytes", "bodies", "body_text", "body_html",
 )
 
 

@@ -152,6 +152,22 @@ def show(conn: sa.Connection, message_id: int) -> dict | None:
     data = dict(row)
     raw = data.pop("raw_message")
     data["prebuilt_bytes"] = len(raw) if raw is not None else None
+    if data["body_text"] is None and data["body_html"] is None and data["template"]:
+        # Bodies rendered at delivery (reminders, plain-SQL rows): show what will be sent.
+        from types import SimpleNamespace
+
+        from bg_ops.defs.email.deferred import bodies_of
+        from bg_ops.defs.email.enqueue import company_names
+        from bg_ops.defs.email.rendering import TemplateError
+
+        company = company_names(Session(bind=conn), {data["company_id"]}).get(data["company_id"])
+        try:
+            if company is None:
+                raise TemplateError(f"unknown tenant company_id {data['company_id']}")
+            data["body_text"], data["body_html"] = bodies_of(SimpleNamespace(**row), company)
+            data["bodies"] = f"rendered at delivery from template {data['template']!r} (preview)"
+        except TemplateError as exc:
+            data["bodies"] = f"will fail at delivery: {exc}"
     return data
 
 
