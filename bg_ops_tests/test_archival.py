@@ -402,6 +402,9 @@ def test_one_run_archives_each_of_its_documents_once_and_a_rerun_adds_nothing(wo
     assert storage.get_metadata("/kiwi") is None  # Kiwi's approval is not Nordlicht's to archive
     files_before = pdf_files(storage, "/nordlicht")
     assert len(files_before) == 2
+    # The run page links to what it stored: exactly the two archives, in the order archived.
+    assert first["cloud_paths"] == [r["cloud_path"] for r in first["results"] if r["status"] == "archived"]
+    assert len(first["cloud_paths"]) == 2 and all(storage.get_metadata(p) is not None for p in first["cloud_paths"])
     second = run()
     assert [r["status"] for r in second["results"]] == ["already_archived", "not_found", "already_archived"]
     assert pdf_files(storage, "/nordlicht") == files_before

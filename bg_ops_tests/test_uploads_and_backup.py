@@ -70,6 +70,7 @@ def test_backup_uploads_each_file_once_then_only_what_changed(demo, storage):
     report = drain_uploads(engine, storage, clock=clock, files_root=files, policy=policy)
     assert report.uploaded == first.queued and statuses(engine) == {"uploaded": first.queued}
     cloud = cloud_files(storage, "acme")
+    assert sorted(report.cloud_paths) == sorted(cloud)  # what the run's metadata links to
     local = {p.relative_to(files / "acme" / "projects").as_posix(): content_hash_file(p)
              for p in (files / "acme" / "projects").rglob("*") if p.is_file()}
     assert {k.removeprefix("/acme/Project Backups/"): v for k, v in cloud.items() if "/Project Backups/" in k} == local

@@ -24,6 +24,7 @@ from bg_ops.defs.files.archival import (
     service_name,
 )
 from bg_ops.defs.files.pdf import FontNotFound
+from bg_ops.defs.files.run_metadata import cloud_paths_metadata
 from bg_ops.defs.retries import TRANSIENT_RETRY
 from bg_ops.defs.tenants.defs import TENANT_PARTITIONS_NAME, tenant_partitions
 from bg_ops.defs.tenants.logic import UnknownTenant, get_tenant, switched_off_services
@@ -140,6 +141,7 @@ def archive_document_op(
             metadata["cloud_path"] = dg.MetadataValue.path(results[0]["cloud_path"])
     else:
         metadata["results"] = dg.MetadataValue.json(results)
+        metadata.update(cloud_paths_metadata([r["cloud_path"] for r in results if r.get("cloud_path")]))
     context.add_output_metadata(metadata)
     if transient:  # the retry policy runs the op again; what is archived already is a no-op then
         raise _RetryLater("; ".join(transient + permanent))

@@ -76,10 +76,11 @@ class UploadReport:
     waiting_for_quota: int = 0
     bytes_uploaded: int = 0
     canceled_ids: list[int] = field(default_factory=list)
+    cloud_paths: list[str] = field(default_factory=list)  # what this drain stored, in order
     stopped_because: str = ""
 
     def as_metadata(self) -> dict:
-        return {k: v for k, v in self.__dict__.items() if k != "canceled_ids"}
+        return {k: v for k, v in self.__dict__.items() if k not in ("canceled_ids", "cloud_paths")}
 
 
 def queue_upload(session: Session, *, company_id: int, source_path: str, dest_path: str, files_root: Path,
@@ -298,6 +299,7 @@ def record_outcomes(bind: sa.Engine | sa.Connection, outcomes: list[_Outcome], *
                        o_path=o.cloud_path, o_rev=o.rev)
             report.uploaded += 1
             report.bytes_uploaded += o.size or 0
+            report.cloud_paths.append(o.cloud_path)
         elif o.status == "quota":
             row.update(o_status="queued", o_refund=1, o_next=now + timedelta(seconds=policy.quota_wait_seconds))
             report.waiting_for_quota += 1
@@ -371,6 +373,7 @@ def drain_uploads(
             for key in ("uploaded", "retried", "canceled", "waiting_for_quota", "bytes_uploaded"):
                 setattr(total, key, getattr(total, key) + getattr(batch, key))
             total.canceled_ids += batch.canceled_ids
+            total.cloud_paths += batch.cloud_paths
             log.info("upload batch %d: uploaded %d, retry %d, canceled %d", total.batches, batch.uploaded,
                      batch.retried, batch.canceled)
             if on_batch:

@@ -9,6 +9,7 @@ import dagster as dg
 from bg_ops.defs.files.backup import scan_and_queue
 from bg_ops.defs.files.layout import ensure_tenant_folders
 from bg_ops.defs.files.uploads import UploadPolicy, count_due, drain_uploads
+from bg_ops.defs.files.run_metadata import cloud_paths_metadata
 from bg_ops.defs.queue_workers import worker_run_request
 from bg_ops.defs.retries import TRANSIENT_RETRY
 from bg_ops.defs.tenants.defs import TENANT_PARTITIONS_NAME, tenant_partitions
@@ -52,7 +53,8 @@ def upload_due_files(context: dg.OpExecutionContext, config: UploadFilesConfig, 
                            max_batches=config.max_batches)
     context.log.info(f"uploaded {report.uploaded}, will retry {report.retried}, canceled {report.canceled}, "
                      f"waiting for quota {report.waiting_for_quota}; stopped: {report.stopped_because}")
-    return dg.Output(None, metadata={**report.as_metadata(), "storage": storage.describe()})
+    return dg.Output(None, metadata={**report.as_metadata(), "storage": storage.describe(),
+                                     **cloud_paths_metadata(report.cloud_paths)})
 
 
 @dg.job(
