@@ -55,6 +55,7 @@ from bg_ops.defs.email.rendering import TemplateError, render
 from bg_ops.resources.mail import MailConnection, MailError, MailResource
 from bg_ops.util.files import MissingFile, UnsafePath
 from bg_ops.util.backoff import jittered_backoff
+from bg_ops.util.drain import claimed_batches
 from bg_ops.util.masking import mask_emails_in_text
 
 log = logging.getLogger("bg_ops.email")
@@ -393,7 +394,6 @@ def deliver_due(
     worker_id = worker_id or default_worker_id()
     rng = rng or random.Random()
     total = DeliveryReport()
-    start = clock()
     with mail.connect() as smtp, engine.connect() as db:  # one database connection for the run
         if db.dialect.name == "postgresql":
             # Each claim and record statement is a transaction by itself: one round trip
@@ -401,18 +401,11 @@ def deliver_due(
             # of the claim's cost on a busy machine). Every statement is atomic: a claim or
             # an outcome is recorded whole or not at all, as before.
             db.execution_options(isolation_level="AUTOCOMMIT")
-        while True:
-            now = clock()
-            if (now - start).total_seconds() >= policy.time_budget_seconds:
-                total.stopped_because = "time budget spent"
-                break
-            if max_batches is not None and total.batches >= max_batches:
-                total.stopped_because = "batch limit reached"
-                break
-            rows = claim_batch(db, now=now, worker_id=worker_id, policy=policy)
-            if not rows:
-                total.stopped_because = "nothing due"
-                break
+        batches = claimed_batches(
+            lambda now: claim_batch(db, now=now, worker_id=worker_id, policy=policy), clock=clock,
+            time_budget_seconds=policy.time_budget_seconds, max_batches=max_batches, report=total,
+        )
+        for now, rows in batches:
             needs_names = {r.company_id for r in rows if r.raw_message is None and r.template}
             companies = {}
             if needs_names:

@@ -42,6 +42,7 @@ from bg_ops.resources.storage import (
     normalize_cloud_path,
 )
 from bg_ops.util.backoff import jittered_backoff
+from bg_ops.util.drain import claimed_batches
 from bg_ops.util.files import MissingFile, UnsafePath, resolve_under_root
 
 log = logging.getLogger("bg_ops.uploads")
@@ -347,22 +348,14 @@ def drain_uploads(
     rng = rng or random.Random()
     total = UploadReport()
     quota: dict[int, int | None] = {}  # bytes left per tenant, summed once per drain, then counted down
-    start = clock()
     # One connection for the whole drain, each statement its own transaction (see _transaction).
     with engine.connect() as conn:
         conn.execution_options(isolation_level="AUTOCOMMIT")
-        while True:
-            now = clock()
-            if (now - start).total_seconds() >= policy.time_budget_seconds:
-                total.stopped_because = "time budget spent"
-                break
-            if max_batches is not None and total.batches >= max_batches:
-                total.stopped_because = "batch limit reached"
-                break
-            rows = claim_uploads(conn, now=now, worker_id=worker_id, policy=policy)
-            if not rows:
-                total.stopped_because = "nothing due"
-                break
+        batches = claimed_batches(
+            lambda now: claim_uploads(conn, now=now, worker_id=worker_id, policy=policy), clock=clock,
+            time_budget_seconds=policy.time_budget_seconds, max_batches=max_batches, report=total,
+        )
+        for _now, rows in batches:
             new_tenants = {r.company_id for r in rows} - quota.keys()
             if new_tenants:
                 quota.update(_quota_left(conn, new_tenants))
