@@ -14,7 +14,7 @@ from pathlib import Path
 
 import sqlalchemy as sa
 from sqlalchemy.engine import make_url
-from sqlalchemy.orm import Session, sessionmaker
+from sqlalchemy.orm import Session
 
 from bg_ops.settings import ConfigError, normalize_database_url
 from bg_ops.util.masking import mask_url_password
@@ -74,7 +74,8 @@ def dispose_engines() -> None:
 @contextmanager
 def session_scope(engine: sa.Engine) -> Iterator[Session]:
     """A session that commits when the block ends and rolls back on error."""
-    session = sessionmaker(bind=engine, expire_on_commit=False)()
+    # A plain Session: building a sessionmaker per call cost ~0.12 ms of every enqueue (B2).
+    session = Session(bind=engine, expire_on_commit=False)
     try:
         yield session
         session.commit()
