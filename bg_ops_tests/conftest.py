@@ -16,7 +16,7 @@ pytest_plugins = [
     if importlib.util.find_spec(name) is not None
 ]
 
-from bg_ops_tests.support.postgres_server import PostgresServer, PostgresUnavailable  # noqa: E402
+from bg_ops_tests.support.postgres_server import serve_postgres  # noqa: E402
 
 BG_OPS_ENV = [name for name in os.environ if name.startswith(("BG_OPS_", "DROPBOX_APP", "DROPBOX_REFRESH", "DROPBOX_ACCESS"))]
 
@@ -32,12 +32,7 @@ def _clean_bg_ops_env(monkeypatch):
 def pg_server():
     if os.environ.get("BG_OPS_TEST_SKIP_POSTGRES") == "1":
         pytest.skip("PostgreSQL tests skipped on request (BG_OPS_TEST_SKIP_POSTGRES=1)")
-    try:
-        server = PostgresServer().start()
-    except PostgresUnavailable as exc:
-        pytest.fail(str(exc), pytrace=False)
-    yield server
-    server.stop()
+    yield from serve_postgres()
 
 
 @pytest.fixture

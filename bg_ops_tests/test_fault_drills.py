@@ -43,7 +43,7 @@ from bg_ops.resources.database import DatabaseResource
 from bg_ops.resources.files import FilesResource
 from bg_ops.resources.mail import SmtpMailResource
 from bg_ops.util.content_hash import content_hash_file
-from bg_ops_tests.support.postgres_server import PostgresServer, PostgresUnavailable
+from bg_ops_tests.support.postgres_server import serve_postgres
 from bg_ops_tests.support.waiting import wait_for
 
 T0 = datetime(2026, 11, 23, 9, 0, tzinfo=UTC)
@@ -64,12 +64,8 @@ class Clock:
 
 @pytest.fixture(scope="module")
 def pg():
-    try:
-        server = PostgresServer().start()
-    except PostgresUnavailable as exc:
-        pytest.fail(str(exc), pytrace=False)
-    yield server
-    server.stop()
+    """A server of the drills' own: restarting it must not disturb the other tests."""
+    yield from serve_postgres()
 
 
 @pytest.fixture

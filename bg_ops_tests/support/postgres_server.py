@@ -150,3 +150,19 @@ def _has_c_utf8() -> bool:
     except OSError:
         return False
     return "c.utf8" in out or "c.utf-8" in out
+
+
+def serve_postgres():
+    """A fixture body: a throwaway server for the fixture's scope, or the test fails with the reason.
+
+    ``yield from serve_postgres()`` in a pytest fixture."""
+    import pytest
+
+    try:
+        server = PostgresServer().start()
+    except PostgresUnavailable as exc:
+        pytest.fail(str(exc), pytrace=False)
+    try:
+        yield server
+    finally:
+        server.stop()
