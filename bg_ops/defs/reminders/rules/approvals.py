@@ -6,6 +6,7 @@ import sqlalchemy as sa
 from sqlalchemy.orm import aliased
 
 from bg_ops.db.app_schema import Approval, ApprovalStep, Project
+from bg_ops.db.types import UTCDateTime
 from bg_ops.defs.reminders.engine import Rule, RuleContext
 from bg_ops.defs.reminders.rules.common import dues, local_date, not_suspended, recipient, recipient_columns
 
@@ -64,21 +65,22 @@ def find_approval_stalled(session, ctx: RuleContext):
         .where(earlier.approval_id == a.id, earlier.stage < a.current_stage)
         .scalar_subquery(),
         a.created_at,
-    ).label("pending_since")
+    )
+    # "Pending longer than N days": its local start date is N or more days before the run day.
+    # Filtered by the database, not here: most approvals in review are not stalled (B3).
+    cutoff = ctx.day_start(-days + 1)
     approver, approver_ok = recipient(ctx, ApprovalStep.approver_id)
-    rows = session.execute(
-        sa.select(a.id.label("entity_id"), a.title, a.current_stage, p.name.label("project"), pending_since,
-                  *recipient_columns(approver))
+    stalled = session.execute(
+        sa.select(a.id.label("entity_id"), a.title, a.current_stage, p.name.label("project"),
+                  pending_since.label("pending_since"), *recipient_columns(approver))
         .join(p, sa.and_(p.id == a.project_id, p.company_id == ctx.tenant.id))
         .join(ApprovalStep, sa.and_(ApprovalStep.approval_id == a.id, ApprovalStep.stage == a.current_stage,
                                     ApprovalStep.status == "pending"))
         .join(approver, approver_ok)
-        .where(a.company_id == ctx.tenant.id, a.status == "in_review", not_suspended(ctx, a.project_id))
+        .where(a.company_id == ctx.tenant.id, a.status == "in_review", not_suspended(ctx, a.project_id),
+               sa.type_coerce(pending_since, UTCDateTime()) < cutoff)
         .order_by(a.id, approver.id)
     ).all()
-    # "Pending longer than N days": its local start date is N or more days before the run day.
-    cutoff = ctx.day_start(-days + 1)
-    stalled = [r for r in rows if r.pending_since is not None and _as_utc(r.pending_since) < cutoff]
 
     def context(r):
         since = local_date(ctx, _as_utc(r.pending_since))
