@@ -124,3 +124,41 @@ def test_deferred_mail_refuses_bad_input_and_queues_nothing(tenants, tmp_path, b
             enqueue_many(s, emails, now=NOW, settings=_settings(tmp_path), bodies_at_delivery=True)
     with tenants.connect() as c:
         assert c.execute(sa.select(sa.func.count()).select_from(email_queue)).scalar() == 0
+
+
+def test_deferred_check_shares_a_subject_only_between_messages_that_agree_on_its_variables():
+    """The daily run renders each distinct subject once: the subject line of work
+    anniversaries uses person_name and years, so recipient and role do not matter, a value of
+    another type does, and an unhashable value is rendered every time."""
+    from bg_ops.defs.email.deferred import DeferredCheck
+    from bg_ops.defs.email.rendering import TemplateError
+
+    check = DeferredCheck("reminder_work_anniversaries", ("Acme", "acme"))
+    base = {"recipient_name": "Ana", "day": "2026-11-23", "person_name": "Lena", "years": 1, "role": "hr"}
+    assert check.subject(base) == "[Acme] Work anniversary: Lena, 1 year"
+    assert check.subject({**base, "recipient_name": "Bo", "role": "manager"}) == "[Acme] Work anniversary: Lena, 1 year"
+    assert check.subject({**base, "years": 2}) == "[Acme] Work anniversary: Lena, 2 years"
+    assert check.subject({**base, "years": True}) == "[Acme] Work anniversary: Lena, True year"  # True == 1
+    assert check.subject({**base, "person_name": ["Lena", "Jo"]}) == "[Acme] Work anniversary: ['Lena', 'Jo'], 1 year"
+    with pytest.raises(TemplateError, match="years undefined: add it to the context"):
+        check.subject({k: v for k, v in base.items() if k != "years"})
+    with pytest.raises(TemplateError, match="reminder_nope"):
+        DeferredCheck("reminder_nope", ("Acme", "acme")).subject(base)
+
+
+def test_subject_renderer_matches_render_subject_also_for_a_line_using_jinja_globals(tmp_path, monkeypatch):
+    from bg_ops.defs.email import rendering
+
+    (tmp_path / "n.subject.txt").write_text("{% for i in range(2) %}x{% endfor %} {{ title }}  {{ company.name }}")
+    (tmp_path / "m.subject.txt").write_text("Hello\t{{ title }}\n")
+    monkeypatch.setattr(rendering, "TEMPLATES_DIR", tmp_path)
+    rendering._environments.cache_clear()
+    try:
+        for name, expected in (("n", "xx T Acme"), ("m", "Hello T")):
+            fast = rendering.subject_renderer(name, company_name="Acme")
+            assert fast({"title": "T"}) == expected
+            assert rendering.render_subject(name, {"title": "T"}, company_name="Acme") == expected
+            with pytest.raises(rendering.TemplateError, match="'title' is undefined: add it to the context"):
+                fast({})
+    finally:
+        rendering._environments.cache_clear()

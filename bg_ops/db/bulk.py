@@ -36,8 +36,12 @@ def _escape(text: str) -> str:
     return text
 
 
+# One encoder for every call: ``json.dumps`` with options builds a new one each time.
+encode_json = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False).encode
+
+
 def _json(value) -> str:
-    return _escape(json.dumps(value, separators=(",", ":"), ensure_ascii=False))
+    return _escape(encode_json(value))
 
 
 def _bytes(value) -> str:

@@ -15,28 +15,32 @@ delivery with a clear error (``PermanentBuildError``), never the batch.
 
 from __future__ import annotations
 
-from functools import lru_cache
 
 import jinja2
-import jinja2.meta
 
-from bg_ops.defs.email.rendering import TemplateError, _environments, render, render_subject
+from bg_ops.defs.email.rendering import (
+    TemplateError,
+    _environments,
+    _variables,
+    render,
+    render_subject,
+    subject_renderer,
+)
 
 # Variables ``render`` supplies itself.
 _PROVIDED = frozenset({"company", "subject"})
 
 
-@lru_cache(maxsize=None)
 def required_variables(template: str) -> frozenset[str]:
     """Every top-level variable the three files of ``template`` use (the layout only uses
-    what ``render`` provides); raise ``TemplateError`` when a file is missing or broken."""
+    what ``render`` provides); raise ``TemplateError`` when a file is missing or broken.
+    Each file is parsed once per template environment (``rendering._variables``)."""
     html_env, text_env = _environments()
     names: set[str] = set()
     for env, filename in ((text_env, f"{template}.subject.txt"), (text_env, f"{template}.txt"),
                           (html_env, f"{template}.html")):
         try:
-            source, _, _ = env.loader.get_source(env, filename)
-            names |= jinja2.meta.find_undeclared_variables(env.parse(source))
+            names |= _variables(env, filename)
         except jinja2.TemplateNotFound:
             raise TemplateError(f"template {template!r} has no {filename}: add the file") from None
         except jinja2.TemplateSyntaxError as exc:
@@ -64,6 +68,58 @@ def check_deferred(email, company: tuple[str, str], rendered_templates: set[str]
             rendered_templates.add(email.template)
         return subject
     return render_subject(email.template, context, company_name=name, company_slug=slug)
+
+
+class DeferredCheck:
+    """``check_deferred`` for many messages of one template and tenant (the daily reminder run).
+
+    ``subject(context)`` checks that the context holds every variable the template names and
+    returns the subject; the first message is rendered in full. A subject depends only on the
+    few variables its line uses: messages that agree on them (a translation reminded to ten
+    translators) share one rendering. Raises ``TemplateError``, from the first call on (a
+    missing template too)."""
+
+    def __init__(self, template: str, company: tuple[str, str]):
+        self.template, self.company = template, company
+        self._subjects: dict[tuple, str] = {}
+        self._ready = False
+
+    def _prepare(self) -> None:
+        if not self.template:
+            raise TemplateError("rendering at delivery needs a template: give one, or queue the bodies themselves")
+        name, slug = self.company
+        self._required = required_variables(self.template)
+        self._render_subject = subject_renderer(self.template, company_name=name, company_slug=slug)
+        text_env = _environments()[1]
+        self._subject_vars = tuple(sorted(_variables(text_env, f"{self.template}.subject.txt") - _PROVIDED))
+        self._ready = True
+
+    def subject(self, context: dict) -> str:
+        first = not self._ready
+        if first:
+            self._prepare()
+        missing = self._required - context.keys()
+        if missing:
+            raise TemplateError(f"template {self.template!r}: {', '.join(sorted(missing))} undefined: "
+                                "add it to the context")
+        if first:  # the first message renders whole: its bodies are checked once
+            name, slug = self.company
+            subject = render(self.template, context, company_name=name, company_slug=slug).subject
+        else:
+            # The type too: 1 and True are equal keys but render differently.
+            key: tuple | None = tuple([(type(v), v) for v in map(context.get, self._subject_vars)])
+            try:
+                subject = self._subjects.get(key)
+            except TypeError:  # an unhashable value (a list): render it every time
+                subject = key = None
+            if subject is not None:
+                return subject
+            subject = self._render_subject(context)
+        try:
+            self._subjects[tuple([(type(v), v) for v in map(context.get, self._subject_vars)])] = subject
+        except TypeError:
+            pass
+        return subject
 
 
 def bodies_of(row, company: tuple[str, str]) -> tuple[str | None, str | None]:

@@ -71,8 +71,15 @@ def _parse_mail_from(mail_from: str) -> tuple[str, str]:
     return parseaddr(mail_from)
 
 
+def message_id_domain(mail_from: str) -> str:
+    """The domain of every Message-ID: the sender's."""
+    return _parse_mail_from(mail_from)[1].rpartition("@")[2] or "bg-ops.invalid"
+
+
 def message_id_for(idempotency_key: str | None, mail_from: str) -> str:
-    domain = _parse_mail_from(mail_from)[1].rpartition("@")[2] or "bg-ops.invalid"
+    """``<first 40 hex digits of the key's SHA-256@domain>``, the same for the same key; a random
+    one without a key. (The daily reminder run builds the same in SQL: reminders/engine.py.)"""
+    domain = message_id_domain(mail_from)
     if idempotency_key:
         token = hashlib.sha256(idempotency_key.encode("utf-8")).hexdigest()[:40]
     else:
