@@ -12,9 +12,9 @@ an identical copy.
 
 Measured: the daily run as ``daily_reminders_job`` does it, minus Dagster: every rule of
 ``ALL_RULES`` through ``run_rule`` in its own session (tenant lookup, switches, find,
-reminder_log, checking every message and rendering its subject, ``enqueue_many`` (bodies are
-rendered at delivery), notifications,
-commit), then ``send_digests``. It runs in a fresh child process (a Dagster run is a fresh
+checking every reminder and rendering its subject, then reminder_log, the queued mail (bodies
+rendered at delivery) and notifications written by one COPY and one statement, commit), then
+``send_digests``. It runs in a fresh child process (a Dagster run is a fresh
 process too), after the imports and the first connection: "cold" is that first run, "warm"
 a second run in the same process on another copy of the data. Peak memory is the child's
 peak RSS (``VmHWM`` in /proc/self/status, imports included) read right after the cold run;
@@ -593,8 +593,10 @@ def _child(spec: dict) -> dict:
     from dataclasses import replace
 
     rules = [replace(r, find=probes.wrap("find (rule query + Python)", r.find)) for r in ALL_RULES]
-    deferred_mod.render_subject = probes.wrap("render subject", deferred_mod.render_subject)
-    engine_mod.enqueue_many = probes.wrap("enqueue", engine_mod.enqueue_many)
+    subject_renderer = deferred_mod.subject_renderer
+    deferred_mod.subject_renderer = lambda *a, **k: probes.wrap("render subject", subject_renderer(*a, **k))
+    engine_mod._checked = probes.wrap("check", engine_mod._checked)
+    engine_mod._write_pg = probes.wrap("write", engine_mod._write_pg)
     digests_probe = probes.wrap("send_digests", send_digests)
 
     def daily_run(url: str) -> dict:
@@ -757,14 +759,15 @@ def _breakdown(m: dict) -> str:
     p = {k: v["seconds"] for k, v in m["probes_cold"].items()}
     build = p.get("render subject", 0.0)
     parts = {
-        "render subject (in enqueue)": build,
-        "enqueue checks + COPY": max(0.0, p.get("enqueue", 0.0) - build),
+        "render subject (in the checks)": build,
+        "checks (addresses, variables, subjects shared)": max(0.0, p.get("check", 0.0) - build),
+        "writes (COPY + one statement: log, mail, notifications)": p.get("write", 0.0),
         "rule queries (find)": p.get("find (rule query + Python)", 0.0),
         "send_digests": p.get("send_digests", 0.0),
     }
     slowest = sorted(m["per_rule"].items(), key=lambda kv: kv[1]["seconds"], reverse=True)[:3]
     return ("daily run: " + dominant(parts, m["seconds"])
-            + " (other = sessions, tenant lookups, reminder_log insert/update, notifications, commits); "
+            + " (other = sessions, tenant and switch lookups, commits); "
             + "slowest rules: " + ", ".join(f"{n} {r['seconds']:.2f} s for {r['enqueued']} mails" for n, r in slowest))
 
 

@@ -233,6 +233,65 @@ def test_dry_run_lists_without_enqueueing(world, mail_settings):
         assert c.execute(sa.select(sa.func.count()).select_from(reminder_log)).scalar_one() == 0
 
 
+def test_awkward_text_and_addresses_reach_queue_and_notifications_exactly(world, mail_settings):
+    """Tabs, newlines, backslashes, quotes and non-Latin letters in titles, names and addresses
+    come through the bulk write (COPY on PostgreSQL) unchanged."""
+    from bg_ops.defs.email.message import message_id_for
+
+    awkward = "tab\there, new\nline, back\\slash, \\N, quote \" ' ✓ Zoë 東京"
+    address = '"Dev, \\Q" <dev@kiwi.example>'
+    with session_scope(world) as s:
+        s.execute(sa.update(Task).where(Task.id == 200).values(title=awkward))
+        s.execute(sa.update(User).where(User.id == 4).values(full_name="Dev\t\"Zoë\"", email=address))
+    assert run(world, "kiwi", "task_due", mail_settings).enqueued == 2
+    with world.connect() as c:
+        mails = c.execute(sa.select(q.c.to_addrs, q.c.context, q.c.subject, q.c.idempotency_key,
+                                    q.c.message_id)).all()
+        notes = c.execute(sa.select(notifications.c.title, notifications.c.body)).all()
+    # The key and Message-ID (built by the server on PostgreSQL) are the ones enqueue would make.
+    assert sorted(m.idempotency_key for m in mails) == [f"reminder:1:task_due:{t}:4:{DAY.isoformat()}"
+                                                        for t in (200, 202)]
+    assert all(m.message_id == message_id_for(m.idempotency_key, mail_settings.mail_from) for m in mails)
+    mail = next(m for m in mails if m.context["title"] == awkward)
+    assert mail.to_addrs == [address] and mail.context["recipient_name"] == "Dev\t\"Zoë\""
+    assert mail.subject == "[Kiwi] Task due in 2 day(s): " + " ".join(awkward.split())
+    assert (f"Task due in 2 day(s): {awkward}", None) not in notes  # the summary is the due date
+    assert any(n.title == f"Task due in 2 day(s): {awkward}" and n.body.startswith("due ") for n in notes)
+
+
+def test_a_bad_address_fails_the_rule_naming_the_user_unless_it_was_reminded_before(world, mail_settings):
+    from bg_ops.defs.email.enqueue import EnqueueError
+
+    run(world, "kiwi", "approval_overdue", mail_settings)  # the approver (2) and the PM (1)
+    with session_scope(world) as s:
+        s.execute(sa.update(User).where(User.id == 2).values(email="ana approver at kiwi"))
+    again = run(world, "kiwi", "approval_overdue", mail_settings)  # sent before: nothing to fix today
+    assert (again.enqueued, again.already_sent) == (0, 2)
+    with pytest.raises(EnqueueError, match="for user 2 of tenant kiwi: .*fix users.email of user 2") as caught:
+        run(world, "kiwi", "approval_overdue", mail_settings, day=DAY + timedelta(days=1))
+    assert "ana approver" not in str(caught.value)  # the message names the user, not the address
+    with world.connect() as c:  # nothing of the failed day was written, not even the PM's reminder
+        assert c.execute(sa.select(sa.func.count()).select_from(reminder_log)).scalar_one() == 2
+        assert c.execute(sa.select(sa.func.count()).select_from(notifications)).scalar_one() == 2
+    assert len(queued(world)) == 2
+
+
+def test_a_mail_queued_before_under_the_reminders_key_is_not_queued_again(world, mail_settings):
+    """A reminder whose log row is gone but whose mail is still queued (same idempotency key):
+    the log points at that mail and no second one is queued."""
+    key = f"reminder:1:approval_overdue:100:1:{DAY.isoformat()}"
+    with world.begin() as c:
+        c.execute(sa.insert(q).values(company_id=1, to_addrs=["pm@kiwi.example"], subject="earlier", body_text="x",
+                                      idempotency_key=key, status="sent"))
+    result = run(world, "kiwi", "approval_overdue", mail_settings)
+    assert (result.found, result.enqueued) == (2, 1)
+    with world.connect() as c:
+        mail_ids = dict(c.execute(sa.select(q.c.idempotency_key, q.c.id)).all())
+        logged = dict(c.execute(sa.select(reminder_log.c.recipient_id, reminder_log.c.email_id)).all())
+    assert len(mail_ids) == 2 and logged[1] == mail_ids[key]
+    assert set(logged.values()) == set(mail_ids.values())
+
+
 def test_digest_gathers_a_persons_reminders_into_one_mail(world, mail_settings):
     from bg_ops.defs.reminders.engine import send_digests
 
@@ -243,6 +302,12 @@ def test_digest_gathers_a_persons_reminders_into_one_mail(world, mail_settings):
     run(world, "kiwi", "approval_overdue", mail_settings)
     run(world, "kiwi", "task_due", mail_settings)
     assert queued(world) == []
+    with world.connect() as c:  # each reminder keeps its own subject for the digest's lines
+        subjects = c.execute(sa.select(reminder_log.c.recipient_id, reminder_log.c.subject)
+                             .order_by(reminder_log.c.recipient_id, reminder_log.c.subject)).all()
+    assert subjects == [(1, "[Kiwi] Approval overdue: Proof 100"), (1, "[Kiwi] Task due today: Extra"),
+                        (2, "[Kiwi] Approval overdue: Proof 100"), (4, "[Kiwi] Task 1 day(s) overdue: Task 202"),
+                        (4, "[Kiwi] Task due in 2 day(s): Task 200")]
     with session_scope(world) as s:
         tenant = get_tenant(s, "kiwi")
         assert send_digests(s, RuleContext(tenant=tenant, day=DAY, now=NOW), mail_settings=mail_settings) == 3

@@ -16,24 +16,28 @@ A template or address error rolls the whole rule back, so a retry of the rule st
 
 from __future__ import annotations
 
+import io
 from collections import defaultdict
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from datetime import date, datetime, time, timedelta
 from functools import lru_cache
+from typing import NamedTuple
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import sqlalchemy as sa
 from sqlalchemy.orm import Session
 
-from bg_ops.db.bulk import insert_rows
+from bg_ops.db.bulk import copy_text, insert_rows
 from bg_ops.db.own_schema import notifications, reminder_log
-from bg_ops.defs.email.enqueue import Email, MailSettings, enqueue_many
-from bg_ops.defs.email.rendering import render
+from bg_ops.defs.email.deferred import DeferredCheck
+from bg_ops.defs.email.enqueue import Email, EnqueueError, MailSettings, enqueue_many
+from bg_ops.defs.email.message import AddressError, message_id_domain, parse_addresses
+from bg_ops.defs.email.rendering import TemplateError
 from bg_ops.defs.tenants.logic import Tenant, switched_off_by
 
 DEFAULT_SEND_HOUR = 8  # in inboxes before 09:00 local (R10, seed 003)
-DELIVER_CHUNK = 500  # reminders logged, mailed and notified per round (memory, B8)
+DELIVER_CHUNK = 2000  # reminders checked, logged, mailed and notified per round (memory, B8)
 
 
 def zone_of(name: str | None, fallback: ZoneInfo) -> ZoneInfo:
@@ -67,9 +71,9 @@ class RuleContext:
         return value if valid else default
 
 
-@dataclass(frozen=True)
+@dataclass(slots=True)
 class Due:
-    """One reminder for one person."""
+    """One reminder for one person (a rule makes thousands: slots, not frozen, are quick to make)."""
 
     entity_id: int
     recipient_id: int
@@ -119,8 +123,14 @@ class RuleResult:
 
 def send_time(ctx: RuleContext, recipient_zone: str | None) -> datetime:
     hour = ctx.setting("send_hour", DEFAULT_SEND_HOUR)
-    zone = zone_of(recipient_zone, ctx.zone)
-    return datetime.combine(ctx.day, time(hour=min(max(hour, 0), 23)), tzinfo=zone).astimezone(ZoneInfo("UTC"))
+    return _send_instant(ctx.day, min(max(hour, 0), 23), recipient_zone, ctx.zone)
+
+
+@lru_cache(maxsize=4096)
+def _send_instant(day: date, hour: int, recipient_zone: str | None, fallback: ZoneInfo) -> datetime:
+    """``hour`` o'clock on ``day`` in the recipient's zone, in UTC (thousands of reminders share a few)."""
+    zone = zone_of(recipient_zone, fallback)
+    return datetime.combine(day, time(hour=hour), tzinfo=zone).astimezone(ZoneInfo("UTC"))
 
 
 # One reminder per (rule, entity, recipient, period) and tenant: the unique key of reminder_log (R14).
@@ -228,85 +238,214 @@ def deliver_reminders(
 ) -> tuple[int, int, int]:
     """Log, mail and notify the reminders not sent before; return (enqueued, digested, already sent).
 
-    ``keyed`` maps (entity, recipient, period) to its ``Due``. The ``reminder_log`` insert with
-    ON CONFLICT DO NOTHING decides which are new (R14); only those are mailed — now or for the
+    ``keyed`` maps (entity, recipient, period) to its ``Due``. Every reminder is checked first
+    (its address, that its context holds every variable the template names, its subject
+    rendered; the first one rendered whole), so a bad one raises ``EnqueueError`` before
+    anything is written — unless it was sent before, when it no longer matters. The
+    ``reminder_log`` insert with ON CONFLICT DO NOTHING then decides which are new (R14); only
+    those are mailed — now, bodies rendered at delivery (``email/deferred.py``), or for the
     digest — and get an in-app notification. Runs in the caller's transaction.
 
-    The reminders go through in chunks of ``DELIVER_CHUNK``, so memory stays flat however many
-    are due: a rendered, built message costs about 45 KB until its INSERT is done (B8)."""
+    The reminders go through in chunks of ``DELIVER_CHUNK`` so memory stays flat however many
+    are due (B8)."""
+    check = DeferredCheck(template, (tenant.name, tenant.slug))
     items = list(keyed.items())
     enqueued = digested = already_sent = 0
     for start in range(0, len(items), DELIVER_CHUNK):
-        e, d, a = _deliver_chunk(
-            session, tenant=tenant, rule=rule, template=template, title=title, entity_type=entity_type,
-            priority=priority, kind=kind, keyed=dict(items[start:start + DELIVER_CHUNK]), run_date=run_date,
-            now=now, mail_settings=mail_settings, send_at=send_at, digest=digest,
-        )
-        enqueued, digested, already_sent = enqueued + e, digested + d, already_sent + a
+        chunk = _checked(session, tenant=tenant, rule=rule, check=check, send_at=send_at,
+                         items=items[start:start + DELIVER_CHUNK])
+        already_sent += len(items[start:start + DELIVER_CHUNK]) - len(chunk)
+        if not chunk:
+            continue
+        write = _write_pg if session.get_bind().dialect.name == "postgresql" else _write_generic
+        logged, mailed = write(session, tenant=tenant, rule=rule, template=template, title=title,
+                               entity_type=entity_type, priority=priority, kind=kind, chunk=chunk,
+                               run_date=run_date, now=now, mail_settings=mail_settings, digest=digest)
+        already_sent += len(chunk) - logged
+        if digest:
+            digested += logged
+        else:
+            enqueued += mailed
     return enqueued, digested, already_sent
 
 
-def _deliver_chunk(
-    session: Session,
-    *,
-    tenant: Tenant,
-    rule: str,
-    template: str,
-    title: str,
-    entity_type: str,
-    priority: str,
-    kind: str,
-    keyed: dict[tuple[int, int, str], Due],
-    run_date: str,
-    now: datetime,
-    mail_settings: MailSettings,
-    send_at: Callable[[Due], datetime],
-    digest: bool,
-) -> tuple[int, int, int]:
-    """``deliver_reminders`` for one chunk of ``keyed``."""
-    rows = [
-        {"company_id": tenant.id, "rule": rule, "entity_id": e, "recipient_id": r, "period": p,
-         "run_date": run_date, "digest": digest, "created_at": now, "entity_type": entity_type}
-        for (e, r, p) in keyed
-    ]
-    inserted = insert_rows(session, reminder_log, rows, returning=("id", "entity_id", "recipient_id", "period"),
-                           conflict_columns=LOG_KEY)
-    already_sent = len(keyed) - len(inserted)
-    if not inserted:
-        return 0, 0, already_sent
+class _Checked(NamedTuple):
+    """One reminder checked and ready to write: its mail is what ``enqueue_many(...,
+    bodies_at_delivery=True)`` would queue (a named tuple: thousands are made per rule)."""
 
-    new = [(row.id, keyed[(row.entity_id, row.recipient_id, row.period)], row.period) for row in inserted]
-    enqueued = digested = 0
-    if digest:
-        # The digest mail lists one line per reminder: keep each reminder's subject for it.
-        _update_log(session, "subject", {
-            log_id: render(template, {**due.context, "recipient_name": due.name},
-                           company_name=tenant.name, company_slug=tenant.slug).subject
-            for log_id, due, _period in new
-        })
-        digested = len(new)
-    else:
+    entity_id: int
+    recipient_id: int
+    period: str
+    email: str
+    context: dict  # the rule's context and recipient_name
+    subject: str
+    send_after: datetime
+
+
+def _key(tenant_id: int, rule: str, c: _Checked) -> str:
+    """The reminder's idempotency key in the queue (``_REMINDER_KEY`` builds the same in SQL)."""
+    return f"reminder:{tenant_id}:{rule}:{c.entity_id}:{c.recipient_id}:{c.period}"
+
+
+def _checked(session, *, tenant, rule, check, send_at, items) -> list[_Checked]:
+    out, refused = [], {}
+    for (entity_id, recipient_id, period), due in items:
+        context = {**due.context, "recipient_name": due.name}
+        where = f"{rule} reminder about {entity_id} for user {recipient_id} of tenant {tenant.slug}"
+        if _address_problem(due.email):  # the address itself stays out of the message (logs)
+            refused[(entity_id, recipient_id, period)] = (
+                f"{where}: the user's email is not a valid address: fix users.email of user {recipient_id}")
+            continue
+        try:
+            subject = check.subject(context)
+        except TemplateError as exc:
+            refused[(entity_id, recipient_id, period)] = f"{where}: {exc}"
+            continue
+        out.append(_Checked(entity_id, recipient_id, period, due.email.strip(), context, subject, send_at(due)))
+    if refused:  # a reminder sent before is not sent again: its error no longer matters
+        logged = set(session.execute(
+            sa.select(reminder_log.c.entity_id, reminder_log.c.recipient_id, reminder_log.c.period).where(
+                reminder_log.c.company_id == tenant.id, reminder_log.c.rule == rule,
+                reminder_log.c.entity_id.in_({k[0] for k in refused}))
+        ).tuples().all())
+        for key, message in refused.items():
+            if key not in logged:
+                raise EnqueueError(message)
+    return out
+
+
+@lru_cache(maxsize=65536)
+def _address_problem(address: str) -> bool:
+    """True when a recipient's address is not one; remembered, as users' addresses repeat
+    across rules and runs."""
+    try:
+        parse_addresses([address], "to")
+    except AddressError:
+        return True
+    return False
+
+# PostgreSQL: a chunk is one COPY into a temporary table and one statement that logs the
+# reminders (ON CONFLICT DO NOTHING decides which are new), queues their mail under email ids
+# taken from the queue's sequence and writes their notifications: about a fifth of the time of
+# the same rows written table by table from Python (B3). (The rows as arrays unnested in the
+# statement instead of COPY: 20% slower, the server parsing array literals.)
+_BATCH = "_reminder_batch"
+_BATCH_COLUMNS = ("entity_id bigint, recipient_id integer, period text, email text, subject text, context jsonb, "
+                  "send_after timestamptz")
+# What the writers in Python make from a checked reminder, made by the server from the batch:
+# the idempotency key (``_key``), the Message-ID (``message_id_for``: the first 40 hex digits of
+# the key's SHA-256 at the sender's domain) and the notification's title and body.
+_REMINDER_KEY = "'reminder:' || :cid || ':' || :rule || ':' || b.entity_id || ':' || b.recipient_id || ':' || b.period"
+_WRITE_PG = sa.text(f"""
+WITH log AS (
+    INSERT INTO reminder_log (company_id, rule, entity_id, recipient_id, period, run_date, digest, subject,
+                              email_id, created_at, entity_type)
+    SELECT :cid, :rule, b.entity_id, b.recipient_id, b.period, :run_date, :digest,
+           CASE WHEN :digest THEN b.subject END,
+           CASE WHEN :digest THEN NULL ELSE nextval(CAST(:email_ids AS regclass)) END,
+           :now, :entity_type
+    FROM {_BATCH} b
+    ON CONFLICT (company_id, rule, entity_id, recipient_id, period) DO NOTHING
+    RETURNING entity_id, recipient_id, period, email_id
+), mail AS (
+    INSERT INTO email_queue (id, company_id, to_addrs, subject, template, context, priority, send_after,
+                             idempotency_key, kind, status, attempts, message_id, created_at, updated_at)
+    SELECT log.email_id, :cid, jsonb_build_array(b.email), b.subject, :template, b.context, :priority,
+           b.send_after, k.key, :kind, 'pending', 0,
+           '<' || left(encode(sha256(convert_to(k.key, 'UTF8')), 'hex'), 40) || '@' || :domain || '>', :now, :now
+    FROM log JOIN {_BATCH} b USING (entity_id, recipient_id, period), LATERAL (SELECT {_REMINDER_KEY} AS key) k
+    WHERE log.email_id IS NOT NULL
+    ON CONFLICT (idempotency_key) DO NOTHING
+    RETURNING id
+), note AS (
+    INSERT INTO notifications (company_id, user_id, kind, entity_type, entity_id, title, body, created_at)
+    SELECT :cid, b.recipient_id, :rule, :entity_type, b.entity_id,
+           coalesce(nullif(b.context ->> 'headline', ''), :title), b.context ->> 'summary', :now
+    FROM log JOIN {_BATCH} b USING (entity_id, recipient_id, period)
+)
+SELECT (SELECT count(*) FROM log) AS logged, (SELECT count(*) FROM log WHERE email_id IS NOT NULL) AS to_mail,
+       (SELECT count(*) FROM mail) AS mailed
+""")
+# A mail queued under the same idempotency key before (its reminder_log row was lost): the log
+# points at that mail, which is not queued twice.
+_REPAIR_PG = sa.text(f"""
+UPDATE reminder_log l SET email_id = q.id
+FROM {_BATCH} b JOIN email_queue q ON q.idempotency_key = {_REMINDER_KEY}
+WHERE l.company_id = :cid AND l.rule = :rule AND l.entity_id = b.entity_id AND l.recipient_id = b.recipient_id
+  AND l.period = b.period AND l.email_id IS NOT NULL
+  AND NOT EXISTS (SELECT 1 FROM email_queue e WHERE e.id = l.email_id)
+""")
+
+
+def _email_id_sequence(conn) -> str:
+    """The name of the sequence behind ``email_queue.id`` (looked up once per database)."""
+    url = str(conn.engine.url)
+    name = _SEQUENCES.get(url)
+    if name is None:
+        name = _SEQUENCES[url] = conn.exec_driver_sql("SELECT pg_get_serial_sequence('email_queue', 'id')").scalar_one()
+    return name
+
+
+_SEQUENCES: dict[str, str] = {}
+
+
+def _write_pg(session, *, tenant, rule, template, title, entity_type, priority, kind, chunk, run_date, now,
+              mail_settings, digest) -> tuple[int, int]:
+    """Write one checked chunk on PostgreSQL; return (reminders logged now, mails queued)."""
+    conn = session.connection()
+    # The table lives as long as the connection; each chunk empties it after use.
+    conn.exec_driver_sql(f"CREATE TEMP TABLE IF NOT EXISTS {_BATCH} ({_BATCH_COLUMNS}) ON COMMIT DELETE ROWS")
+    data = io.StringIO()
+    data.writelines(
+        f"{c.entity_id}\t{c.recipient_id}\t{copy_text(c.period)}\t{copy_text(c.email)}\t{copy_text(c.subject)}\t"
+        f"{copy_text(c.context)}\t{c.send_after.isoformat()}\n"
+        for c in chunk
+    )
+    data.seek(0)
+    cursor = conn.connection.driver_connection.cursor()
+    try:
+        cursor.copy_expert(f"COPY {_BATCH} FROM STDIN", data)
+    finally:
+        cursor.close()
+    params = {"email_ids": _email_id_sequence(conn), "cid": tenant.id, "rule": rule, "run_date": run_date,
+              "digest": digest, "now": now, "entity_type": entity_type, "template": template, "title": title,
+              "priority": priority, "kind": kind, "domain": message_id_domain(mail_settings.mail_from)}
+    counts = conn.execute(_WRITE_PG, params).one()
+    if counts.mailed < counts.to_mail:
+        conn.execute(_REPAIR_PG, {"cid": tenant.id, "rule": rule})
+    conn.exec_driver_sql(f"DELETE FROM {_BATCH}")
+    return counts.logged, counts.mailed
+
+
+def _write_generic(session, *, tenant, rule, template, title, entity_type, priority, kind, chunk, run_date, now,
+                   mail_settings, digest) -> tuple[int, int]:
+    """Write one checked chunk table by table (SQLite); return (reminders logged now, mails queued)."""
+    by_key = {(c.entity_id, c.recipient_id, c.period): c for c in chunk}
+    inserted = insert_rows(session, reminder_log, [
+        {"company_id": tenant.id, "rule": rule, "entity_id": c.entity_id, "recipient_id": c.recipient_id,
+         "period": c.period, "run_date": run_date, "digest": digest, "subject": c.subject if digest else None,
+         "created_at": now, "entity_type": entity_type}
+        for c in chunk
+    ], returning=("id", "entity_id", "recipient_id", "period"), conflict_columns=LOG_KEY)
+    new = [(row.id, by_key[(row.entity_id, row.recipient_id, row.period)]) for row in inserted]
+    mailed = 0
+    if new and not digest:
         emails = [
-            Email(
-                company_id=tenant.id, to=[due.email], template=template,
-                context={**due.context, "recipient_name": due.name}, priority=priority, kind=kind,
-                send_after=send_at(due),
-                idempotency_key=f"reminder:{tenant.id}:{rule}:{due.entity_id}:{due.recipient_id}:{period}",
-            )
-            for _log_id, due, period in new
+            Email(company_id=tenant.id, to=[c.email], subject=c.subject, template=template, context=c.context,
+                  priority=priority, kind=kind, send_after=c.send_after, idempotency_key=_key(tenant.id, rule, c))
+            for _log_id, c in new
         ]
-        # Bodies rendered at delivery: checked and subject rendered now (B3, email/deferred.py).
+        # Checked above, subject given: bodies rendered at delivery (email/deferred.py).
         queued = enqueue_many(session, emails, now=now, settings=mail_settings, bodies_at_delivery=True)
-        _update_log(session, "email_id", {log_id: q.id for (log_id, _, _), q in zip(new, queued, strict=True)})
-        enqueued = len(queued)
+        _update_log(session, "email_id", {log_id: q.id for (log_id, _), q in zip(new, queued, strict=True)})
+        mailed = sum(1 for q in queued if q.created)
     insert_rows(session, notifications, [
-        {"company_id": tenant.id, "user_id": due.recipient_id, "kind": rule,
-         "entity_type": entity_type, "entity_id": due.entity_id,
-         "title": due.context.get("headline") or title, "body": due.context.get("summary"),
-         "created_at": now}
-        for _log_id, due, _period in new
+        {"company_id": tenant.id, "user_id": c.recipient_id, "kind": rule, "entity_type": entity_type,
+         "entity_id": c.entity_id, "title": c.context.get("headline") or title,
+         "body": c.context.get("summary"), "created_at": now}
+        for _log_id, c in new
     ])
-    return enqueued, digested, already_sent
+    return len(new), mailed
 
 
 def send_digests(session: Session, ctx: RuleContext, *, mail_settings: MailSettings) -> int:
