@@ -11,7 +11,10 @@ one drill run through Dagster.
 What the design allows (bg_ops/defs/email/delivery.py, uploads.py): outcomes are recorded
 per batch, so a batch that was sent but whose outcome could not be written stays
 ``sending``/``uploading`` until its lease ends and is then sent once more — at most one
-batch twice, never lost. For backups the second upload overwrites the same path with the
+batch twice, never lost. The email drain claims the next batch and writes the last one's
+outcome while a batch is sent: when the database goes away, up to two batches may be sent
+and not recorded (sent twice), and the batch claimed ahead waits for its lease unless it can
+be given back. For backups the second upload overwrites the same path with the
 same bytes.
 """
 
@@ -121,6 +124,32 @@ def is_db_down(exc: BaseException) -> bool:
     return isinstance(exc, sa.exc.OperationalError) and any(word in text for word in REFUSED)
 
 
+def finish_after_outage(engine, mail, settings, smtp_server, n: int, batch: int) -> set[str]:
+    """After a drain stopped by a database outage: every row is sent, claimed or pending, the
+    claimed ones at most three batches (up to two sent but not recorded — the one on the wire
+    and the one whose outcome was being written — and one claimed ahead, never sent). A drain
+    before the lease ends sends the pending ones once; one after it, the claimed ones. Nothing
+    is lost, and only mail sent but not recorded arrives twice. Returns those Message-IDs."""
+    rows = email_rows(engine)
+    statuses = Counter(r.status for r in rows)
+    assert set(statuses) <= {"sent", "sending", "pending"} and statuses["sending"] <= 3 * batch, statuses
+    delivered = set(received(smtp_server))
+    sent = {r.message_id for r in rows if r.status == "sent"}
+    held = {r.message_id for r in rows if r.status == "sending"}
+    assert sent <= delivered <= sent | held and len(delivered - sent) <= 2 * batch
+    policy = DeliveryPolicy(batch_size=batch, lease_seconds=300)
+    early = deliver_due(engine, mail, clock=Clock(T0 + timedelta(seconds=60)), settings=settings, policy=policy)
+    assert early.sent == statuses["pending"] and set(received(smtp_server).values()) == {1}
+    late = deliver_due(engine, mail, clock=Clock(T0 + timedelta(seconds=301)), settings=settings, policy=policy)
+    assert late.sent == len(held)
+    counts = received(smtp_server)
+    assert len(counts) == n and max(counts.values()) <= 2  # nothing lost, nothing more than twice
+    twice = {mid for mid, c in counts.items() if c == 2}
+    assert twice == delivered - sent
+    assert email_statuses(engine) == {"sent": n}
+    return twice
+
+
 # -- PostgreSQL restarted in the middle of an email drain --------------------------------------
 
 
@@ -140,14 +169,13 @@ def test_postgres_restart_between_batches_recovers_or_fails_clearly_and_loses_no
         report = deliver_due(engine, mail, clock=Clock(T0), settings=settings, policy=policy,
                              rng=random.Random(1), on_batch=restart_after_third)
     except sa.exc.OperationalError as exc:
-        # The drain that met the restart stops with the reason; the three batches it recorded stay
-        # sent, nothing was claimed when it stopped, and the next drain does the rest.
+        # The drain that met the restart stops with the reason; the next drains do the rest.
         assert is_db_down(exc), exc
-        assert email_statuses(engine) == {"sent": 60, "pending": 240}
-        report = deliver_due(engine, mail, clock=Clock(T0 + timedelta(minutes=1)), settings=settings, policy=policy)
-        assert report.sent == 240
-    else:  # or it reconnected and carried on
-        assert report.sent == 300
+        finish_after_outage(engine, mail, settings, smtp_server, 300, 20)
+        assert restarts == [60]
+        return
+    # Or it reconnected and carried on.
+    assert report.sent == 300
     assert restarts == [60] and (report.retried, report.failed, report.stopped_because) == (0, 0, "nothing due")
     counts = received(smtp_server)
     assert len(counts) == 300 and set(counts.values()) == {1}
@@ -170,20 +198,14 @@ def test_postgres_down_between_batches_fails_the_drain_clearly_and_a_later_drain
                     on_batch=go_down_after_third)
     assert is_db_down(failed.value), failed.value  # the reason: the database connection went away
     pg.resume()
-    # Three batches were sent and recorded; nothing was claimed when the database went away.
-    assert email_statuses(engine) == {"sent": 60, "pending": 240}
-    assert len(received(smtp_server)) == 60
-
-    report = deliver_due(engine, mail, clock=Clock(T0 + timedelta(minutes=1)), settings=settings,
-                         policy=DeliveryPolicy(batch_size=20))
-    assert report.sent == 240
-    counts = received(smtp_server)
-    assert len(counts) == 300 and set(counts.values()) == {1}  # nothing lost, nothing twice
-    assert email_statuses(engine) == {"sent": 300}
+    # Two batches were recorded before the halt; the third's outcome was being written, the
+    # fourth was on the wire or claimed ahead (the pipelined drain).
+    assert email_statuses(engine)["sent"] >= 40
+    finish_after_outage(engine, mail, settings, smtp_server, 300, 20)
 
 
 @pytest.mark.slow
-def test_postgres_down_while_a_batch_is_out_sends_at_most_that_batch_twice(app, pg, settings, smtp_server):
+def test_postgres_down_while_a_batch_is_out_sends_at_most_two_batches_twice(app, pg, settings, smtp_server):
     url, engine = app
     queue_mail(engine, settings, 200)
     mail = smtp_resource(smtp_server)
@@ -207,24 +229,12 @@ def test_postgres_down_while_a_batch_is_out_sends_at_most_that_batch_twice(app, 
     assert is_db_down(failed.value), failed.value
     pg.resume()
 
-    # Batch 2 reached the server but its outcome was never written: it stays 'sending'.
-    rows = email_rows(engine)
-    assert Counter(r.status for r in rows) == {"sent": 50, "sending": 50, "pending": 100}
-    in_flight = {r.message_id for r in rows if r.status == "sending"}
-    assert set(received(smtp_server)) == {r.message_id for r in rows if r.status != "pending"}
-
-    # Before the lease ends nobody touches the in-flight rows; the rest is sent once.
-    deliver_due(engine, mail, clock=Clock(T0 + timedelta(seconds=60)), settings=settings,
-                policy=DeliveryPolicy(batch_size=50, lease_seconds=300))
-    assert email_statuses(engine) == {"sent": 150, "sending": 50}
-    assert set(received(smtp_server).values()) == {1}
-    # After it, the in-flight batch is sent again: those 50 twice, nothing else, nothing lost.
-    deliver_due(engine, mail, clock=Clock(T0 + timedelta(seconds=301)), settings=settings,
-                policy=DeliveryPolicy(batch_size=50, lease_seconds=300))
-    assert email_statuses(engine) == {"sent": 200}
-    counts = received(smtp_server)
-    assert len(counts) == 200 and max(counts.values()) == 2
-    assert {mid for mid, n in counts.items() if n == 2} == in_flight
+    # Batch 2 reached the server (its first 19 mails at least) but its outcome was never
+    # written; batch 3, claimed ahead, went out while batch 2's outcome was failing to be
+    # written. Those arrive twice after the lease, nothing else does, nothing is lost.
+    assert email_statuses(engine)["sent"] == 50
+    twice = finish_after_outage(engine, mail, settings, smtp_server, 200, 50)
+    assert 19 <= len(twice) <= 100
 
 
 @pytest.mark.slow
