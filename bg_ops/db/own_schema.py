@@ -70,8 +70,9 @@ email_queue = sa.Table(
     sa.CheckConstraint(f"status IN {EMAIL_STATUSES}", name="status"),
     sa.CheckConstraint(f"kind IN {EMAIL_KINDS}", name="kind"),
     sa.Index("ix_email_queue_idempotency_key", "idempotency_key", unique=True),
-    sa.Index("ix_email_queue_status_next_attempt_at", "status", "next_attempt_at"),
-    sa.Index("ix_email_queue_status_send_after", "status", "send_after"),
+    # (0009 dropped the (status, next_attempt_at) and (status, send_after) indexes of 0001: the
+    # claim reads ix_email_queue_claim_order, and each index holding status is written twice
+    # per delivered mail.)
     sa.Index("ix_email_queue_company_id_status", "company_id", "status"),
     sa.Index("ix_email_queue_status_failed_at", "status", "failed_at"),
 )
