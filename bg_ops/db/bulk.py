@@ -102,12 +102,7 @@ def insert_rows(
     )
     buffer = io.StringIO()
     buffer.writelines("\t".join(copy_text(row[c]) for c in columns) + "\n" for row in rows)
-    buffer.seek(0)
-    cursor = conn.connection.driver_connection.cursor()
-    try:
-        cursor.copy_expert(f'COPY "{staging}" ({cols}) FROM STDIN', buffer)
-    finally:
-        cursor.close()
+    copy_from(conn, f'COPY "{staging}" ({cols}) FROM STDIN', buffer)
     sql = f'INSERT INTO "{table.name}" ({cols}) SELECT {cols} FROM "{staging}"'
     if conflict_columns:
         sql += f" ON CONFLICT ({', '.join(conflict_columns)}) DO NOTHING"
@@ -117,6 +112,17 @@ def insert_rows(
     out = result.all() if returning else []
     conn.exec_driver_sql(f'DELETE FROM "{staging}"')
     return out
+
+
+def copy_from(conn: sa.Connection, copy_sql: str, data: io.StringIO) -> None:
+    """Run ``COPY … FROM STDIN`` on the connection's psycopg2 cursor with ``data`` (COPY text
+    format, rewound here), in the connection's transaction."""
+    data.seek(0)
+    cursor = conn.connection.driver_connection.cursor()
+    try:
+        cursor.copy_expert(copy_sql, data)
+    finally:
+        cursor.close()
 
 
 def _quoted(table: sa.Table, columns: Iterable[str]) -> list[str]:

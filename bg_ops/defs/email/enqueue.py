@@ -22,7 +22,7 @@ from sqlalchemy.dialects.postgresql import ARRAY
 from sqlalchemy.orm import Session
 
 from bg_ops.db.app_schema import Company
-from bg_ops.db.bulk import copy_text
+from bg_ops.db.bulk import copy_from, copy_text
 from bg_ops.db.own_schema import EMAIL_KINDS, EMAIL_PRIORITIES, email_queue
 from bg_ops.defs.email.message import (
     AddressError,
@@ -261,16 +261,11 @@ def _copy_rows(session: Session, rows: list[dict]) -> tuple[dict[str, int], dict
         "\t".join([str(row_id), *(_copy_value(r[c]) for c in _COPY_COLUMNS[1:])]) + "\n"
         for row_id, r in zip(ids, new)
     )
-    data.seek(0)
     import psycopg2.errors
 
     try:
         with session.begin_nested():
-            cursor = session.connection().connection.driver_connection.cursor()
-            try:
-                cursor.copy_expert(f"COPY email_queue ({', '.join(_COPY_COLUMNS)}) FROM STDIN", data)
-            finally:
-                cursor.close()
+            copy_from(session.connection(), f"COPY email_queue ({', '.join(_COPY_COLUMNS)}) FROM STDIN", data)
     except sa.exc.DBAPIError as exc:
         if isinstance(exc.orig, psycopg2.errors.UniqueViolation):
             return None

@@ -28,7 +28,7 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 import sqlalchemy as sa
 from sqlalchemy.orm import Session
 
-from bg_ops.db.bulk import copy_text, insert_rows
+from bg_ops.db.bulk import copy_from, copy_text, insert_rows
 from bg_ops.db.own_schema import notifications, reminder_log
 from bg_ops.defs.email.deferred import DeferredCheck
 from bg_ops.defs.email.enqueue import Email, EnqueueError, MailSettings, enqueue_many
@@ -401,12 +401,7 @@ def _write_pg(session, *, tenant, rule, template, title, entity_type, priority, 
         f"{copy_text(c.context)}\t{c.send_after.isoformat()}\n"
         for c in chunk
     )
-    data.seek(0)
-    cursor = conn.connection.driver_connection.cursor()
-    try:
-        cursor.copy_expert(f"COPY {_BATCH} FROM STDIN", data)
-    finally:
-        cursor.close()
+    copy_from(conn, f"COPY {_BATCH} FROM STDIN", data)
     params = {"email_ids": _email_id_sequence(conn), "cid": tenant.id, "rule": rule, "run_date": run_date,
               "digest": digest, "now": now, "entity_type": entity_type, "template": template, "title": title,
               "priority": priority, "kind": kind, "domain": message_id_domain(mail_settings.mail_from)}
