@@ -37,11 +37,11 @@ def _escape(text: str) -> str:
 
 
 # One encoder for every call: ``json.dumps`` with options builds a new one each time.
-encode_json = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False).encode
+_encode_json = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False).encode
 
 
 def _json(value) -> str:
-    return _escape(encode_json(value))
+    return _escape(_encode_json(value))
 
 
 def _bytes(value) -> str:

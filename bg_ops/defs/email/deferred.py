@@ -21,9 +21,9 @@ import jinja2
 from bg_ops.defs.email.rendering import (
     TemplateError,
     _environments,
+    _template_error,
     _variables,
     render,
-    render_subject,
     subject_renderer,
 )
 
@@ -44,34 +44,13 @@ def required_variables(template: str) -> frozenset[str]:
         except jinja2.TemplateNotFound:
             raise TemplateError(f"template {template!r} has no {filename}: add the file") from None
         except jinja2.TemplateSyntaxError as exc:
-            raise TemplateError(f"template {template!r} ({filename}) line {exc.lineno}: {exc.message}") from None
+            raise _template_error(template, filename, exc) from None
     return frozenset(names - _PROVIDED)
 
 
-def check_deferred(email, company: tuple[str, str], rendered_templates: set[str] | None) -> str:
-    """Check a templated message whose bodies are rendered at delivery; return its subject.
-
-    Its context must hold every variable the template names; the first message of each
-    template in a call (``rendered_templates`` remembers them) is rendered in full, the others
-    render their subject only. Raises ``TemplateError``."""
-    if not email.template:
-        raise TemplateError("rendering at delivery needs a template: give one, or queue the bodies themselves")
-    context = email.context or {}
-    missing = required_variables(email.template) - context.keys()
-    if missing:
-        raise TemplateError(f"template {email.template!r}: {', '.join(sorted(missing))} undefined: "
-                            "add it to the context")
-    name, slug = company
-    if rendered_templates is None or email.template not in rendered_templates:
-        subject = render(email.template, context, company_name=name, company_slug=slug).subject
-        if rendered_templates is not None:
-            rendered_templates.add(email.template)
-        return subject
-    return render_subject(email.template, context, company_name=name, company_slug=slug)
-
-
 class DeferredCheck:
-    """``check_deferred`` for many messages of one template and tenant (the daily reminder run).
+    """Checks templated messages of one template and tenant whose bodies are rendered at delivery
+    (``enqueue_many(..., bodies_at_delivery=True)`` and the daily reminder run).
 
     ``subject(context)`` checks that the context holds every variable the template names and
     returns the subject; the first message is rendered in full. A subject depends only on the

@@ -430,7 +430,8 @@ def deliver_due(
             batches = claimed_batches(
                 lambda now: claim_batch(db, now=now, worker_id=worker_id, policy=policy), clock=clock,
                 time_budget_seconds=policy.time_budget_seconds, max_batches=max_batches, report=total,
-                submit=ahead, release=lambda rows: release_claimed(db, [r.id for r in rows], worker_id=worker_id),
+                submit=ahead,  # the give-back goes through the database thread too: one user of ``db`` at a time
+                release=lambda rows: run_db(release_claimed, db, [r.id for r in rows], worker_id=worker_id).result(),
             )
             recording: Future | None = None
             with closing(batches):

@@ -112,12 +112,12 @@ def load_attachments(files_root: Path, paths: Sequence[str] | None) -> list[Atta
 
 
 def prepare(email: Email, *, company: tuple[str, str], settings: MailSettings, now: datetime,
-            bodies_at_delivery: bool = False, rendered_templates: set[str] | None = None) -> _Prepared:
+            bodies_at_delivery: bool = False, deferred_checks: dict | None = None) -> _Prepared:
     """Validate, render and build one message; raise ``EnqueueError``.
 
     ``bodies_at_delivery``: check the message and render only its subject, leaving the
-    bodies to the delivery job (``deferred.check_deferred``); ``rendered_templates`` names
-    the templates already rendered in full in this call."""
+    bodies to the delivery job (``deferred.DeferredCheck``); ``deferred_checks`` keeps one
+    check per template and tenant for the whole call."""
     where = f"message to tenant {email.company_id}"
     try:
         to = parse_addresses(email.to, "to")
@@ -137,12 +137,17 @@ def prepare(email: Email, *, company: tuple[str, str], settings: MailSettings, n
 
     subject, text, html = email.subject, email.text, email.html
     if bodies_at_delivery:
-        from bg_ops.defs.email.deferred import check_deferred
+        if not subject:  # given: the caller checked the message (the daily reminder run)
+            from bg_ops.defs.email.deferred import DeferredCheck
 
-        try:
-            subject = subject or check_deferred(email, company, rendered_templates)
-        except TemplateError as exc:
-            raise EnqueueError(f"{where}: {exc}") from None
+            checks = {} if deferred_checks is None else deferred_checks
+            check = checks.get((email.template, company))
+            if check is None:
+                check = checks[(email.template, company)] = DeferredCheck(email.template, company)
+            try:
+                subject = check.subject(email.context or {})
+            except TemplateError as exc:
+                raise EnqueueError(f"{where}: {exc}") from None
     elif email.template:
         try:
             rendered = render(email.template, email.context or {}, company_name=company[0], company_slug=company[1])
@@ -298,9 +303,9 @@ def enqueue_many(
             f"unknown tenant company_id {unknown[0]}: no company has that id; check the company_id "
             "of the message"
         )
-    rendered_templates: set[str] = set()
+    deferred_checks: dict = {}
     prepared = [prepare(e, company=companies[e.company_id], settings=settings, now=now,
-                        bodies_at_delivery=bodies_at_delivery, rendered_templates=rendered_templates)
+                        bodies_at_delivery=bodies_at_delivery, deferred_checks=deferred_checks)
                 for e in emails]
     return insert_prepared(session, prepared)
 

@@ -96,7 +96,7 @@ def subject_renderer(name: str, *, company_name: str, company_slug: str = "") ->
             return _subject(text_env, name, values)
         try:
             text = concat(template.root_render_func(template.new_context(values, shared=True)))
-        except Exception as exc:  # noqa: BLE001 - the same errors, named the same way
+        except (jinja2.UndefinedError, jinja2.TemplateSyntaxError) as exc:
             raise _template_error(name, filename, exc) from None
         return _clean_subject(name, text)
 
@@ -168,15 +168,13 @@ def _template(env: jinja2.Environment, name: str, filename: str) -> jinja2.Templ
             f"of {', '.join(template_names())}"
         ) from None
     except jinja2.TemplateSyntaxError as exc:
-        raise TemplateError(f"template {name!r} ({filename}) line {exc.lineno}: {exc.message}") from None
+        raise _template_error(name, filename, exc) from None
 
 
-def _template_error(name: str, filename: str, exc: Exception) -> Exception:
+def _template_error(name: str, filename: str, exc: jinja2.UndefinedError | jinja2.TemplateSyntaxError) -> TemplateError:
     if isinstance(exc, jinja2.UndefinedError):
         return TemplateError(f"template {name!r} ({filename}): {exc.message}: add it to the context")
-    if isinstance(exc, jinja2.TemplateSyntaxError):
-        return TemplateError(f"template {name!r} ({filename}) line {exc.lineno}: {exc.message}")
-    return exc
+    return TemplateError(f"template {name!r} ({filename}) line {exc.lineno}: {exc.message}")
 
 
 def _render(env: jinja2.Environment, name: str, filename: str, values: Mapping) -> str:

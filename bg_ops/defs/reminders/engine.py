@@ -1,7 +1,9 @@
 """The reminder engine: run one rule for one tenant on one (tenant-local) day.
 
 A rule is a set-based query that returns who is due what (``Due`` rows: the entity, the
-recipient, the template context). The engine then, in one transaction:
+recipient, the template context). The engine checks every reminder first (the recipient's
+address, that the context holds every variable the template names, the subject rendered),
+then, in one transaction:
 
 1. inserts one ``reminder_log`` row per (rule, entity, recipient, period) with ON CONFLICT DO
    NOTHING: only rows inserted now are new, so a reminder goes out at most once whatever
@@ -11,7 +13,9 @@ recipient, the template context). The engine then, in one transaction:
    daily digest on (R16), leaves it for ``send_digests`` to gather into one mail per person;
 3. writes an in-app notification row per new reminder.
 
-A template or address error rolls the whole rule back, so a retry of the rule starts clean.
+On PostgreSQL the three are one statement per chunk (``_write_pg``). A template or address
+error in a reminder not sent before raises ``EnqueueError`` before anything is written, so a
+retry of the rule starts clean.
 """
 
 from __future__ import annotations
@@ -342,7 +346,8 @@ WITH log AS (
                               email_id, created_at, entity_type)
     SELECT :cid, :rule, b.entity_id, b.recipient_id, b.period, :run_date, :digest,
            CASE WHEN :digest THEN b.subject END,
-           CASE WHEN :digest THEN NULL ELSE nextval(CAST(:email_ids AS regclass)) END,
+           CASE WHEN :digest THEN NULL
+                ELSE nextval(CAST((SELECT pg_get_serial_sequence('email_queue', 'id')) AS regclass)) END,
            :now, :entity_type
     FROM {_BATCH} b
     ON CONFLICT (company_id, rule, entity_id, recipient_id, period) DO NOTHING
@@ -377,18 +382,6 @@ WHERE l.company_id = :cid AND l.rule = :rule AND l.entity_id = b.entity_id AND l
 """)
 
 
-def _email_id_sequence(conn) -> str:
-    """The name of the sequence behind ``email_queue.id`` (looked up once per database)."""
-    url = str(conn.engine.url)
-    name = _SEQUENCES.get(url)
-    if name is None:
-        name = _SEQUENCES[url] = conn.exec_driver_sql("SELECT pg_get_serial_sequence('email_queue', 'id')").scalar_one()
-    return name
-
-
-_SEQUENCES: dict[str, str] = {}
-
-
 def _write_pg(session, *, tenant, rule, template, title, entity_type, priority, kind, chunk, run_date, now,
               mail_settings, digest) -> tuple[int, int]:
     """Write one checked chunk on PostgreSQL; return (reminders logged now, mails queued)."""
@@ -402,7 +395,7 @@ def _write_pg(session, *, tenant, rule, template, title, entity_type, priority, 
         for c in chunk
     )
     copy_from(conn, f"COPY {_BATCH} FROM STDIN", data)
-    params = {"email_ids": _email_id_sequence(conn), "cid": tenant.id, "rule": rule, "run_date": run_date,
+    params = {"cid": tenant.id, "rule": rule, "run_date": run_date,
               "digest": digest, "now": now, "entity_type": entity_type, "template": template, "title": title,
               "priority": priority, "kind": kind, "domain": message_id_domain(mail_settings.mail_from)}
     counts = conn.execute(_WRITE_PG, params).one()
