@@ -38,6 +38,20 @@ def test_migrations_match_the_table_definitions(db_url):
     assert diff == []
 
 
+def test_built_messages_are_stored_uncompressed_on_postgresql(db_url):
+    """0010: base64 bodies barely compress; PostgreSQL must not spend the enqueue trying."""
+    engine = get_engine(db_url)
+    migrate.upgrade(engine)
+    if engine.dialect.name != "postgresql":
+        pytest.skip("a PostgreSQL storage setting")
+    with engine.connect() as conn:
+        storage = dict(conn.execute(sa.text(
+            "SELECT attname, attstorage FROM pg_attribute "
+            "WHERE attrelid = 'email_queue'::regclass AND attname IN ('raw_message', 'body_html')"
+        )).all())
+    assert storage == {"raw_message": "e", "body_html": "x"}  # external; HTML still compressed
+
+
 def test_app_schema_is_created_where_missing(db_url):
     engine = get_engine(db_url)
     created = migrate.create_app_schema(engine)

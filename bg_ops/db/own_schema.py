@@ -63,6 +63,8 @@ email_queue = sa.Table(
     sa.Column("canceled_at", UTCDateTime),
     # 0002: the message built once at enqueue (RFC 5322 bytes without Date, which is added
     # when it is sent); NULL for rows the platform inserted, which are built at delivery.
+    # 0010: on PostgreSQL stored out of line uncompressed (STORAGE EXTERNAL): base64 barely
+    # compresses, and trying cost more than writing it.
     sa.Column("raw_message", sa.LargeBinary),
     sa.Column("last_attempt_at", UTCDateTime),
     sa.Column("alerted_at", UTCDateTime),
