@@ -257,7 +257,7 @@ def test_bulk_enqueue_keeps_every_value_and_key_rule(tenants, settings, smtp_ser
     assert sent_text.replace("\r\n", "\n").rstrip("\n") == f"{odd}\n#12".replace("\r\n", "\n")
 
 
-def test_bulk_copy_falls_back_when_a_key_turns_up_meanwhile(pg_url, settings):
+def test_bulk_copy_falls_back_when_a_key_turns_up_meanwhile(pg_url, settings, monkeypatch):
     """COPY cannot skip a key another transaction queued after the look-up: the COPY is undone
     to its savepoint and the rows go in with INSERT … ON CONFLICT DO NOTHING instead."""
     from bg_ops.db import migrate
@@ -270,14 +270,39 @@ def test_bulk_copy_falls_back_when_a_key_turns_up_meanwhile(pg_url, settings):
         s.add(Company(id=1, name="Acme Creative", slug="acme"))
     emails = [Email(company_id=1, to=[f"u{i}@acme.example"], subject=f"s{i}", text="t", idempotency_key=f"k{i}")
               for i in range(enqueue_mod.COPY_MIN_ROWS)]
+    looked_up = enqueue_mod._queued_ids
+    other: list = []
+
+    def look_up_then_another_producer_queues_k7(session, keys):
+        found = looked_up(session, keys)
+        with session_scope(engine) as meanwhile:  # its own transaction, committed now
+            other.append(enqueue(meanwhile, emails[7], now=T0, settings=settings))
+        return found
+
+    monkeypatch.setattr(enqueue_mod, "_queued_ids", look_up_then_another_producer_queues_k7)
     with session_scope(engine) as s:
-        prepared = [enqueue_mod.prepare(e, company=("Acme Creative", "acme"), settings=settings, now=T0).row
-                    for e in emails]
-        # What a concurrent producer would cause: a key the look-up did not see is in the rows twice.
-        assert enqueue_mod._copy_rows(s, prepared + [dict(prepared[0])]) is None
-        assert s.execute(sa.select(sa.func.count()).select_from(q)).scalar_one() == 0  # the COPY was undone
-        out = enqueue_many(s, emails, now=T0, settings=settings)  # the transaction goes on
-    assert all(o.created for o in out) and len(rows(engine)) == enqueue_mod.COPY_MIN_ROWS
+        out = enqueue_many(s, emails, now=T0, settings=settings)
+        assert s.execute(sa.select(sa.func.count()).select_from(q)).scalar_one() == enqueue_mod.COPY_MIN_ROWS
+    assert other[0].created and out[7] == enqueue_mod.Enqueued(id=other[0].id, created=False)
+    assert sum(o.created for o in out) == enqueue_mod.COPY_MIN_ROWS - 1
+    assert sorted(r.idempotency_key for r in rows(engine)) == sorted(e.idempotency_key for e in emails)
+
+
+def test_a_bad_message_late_in_a_bulk_copy_queues_nothing(tenants, settings):
+    """The rows stream to the server as they are made: a bad message near the end aborts the
+    COPY, the error is the message's own, and the transaction goes on with nothing queued."""
+    from bg_ops.defs.email import enqueue as enqueue_mod
+
+    n = enqueue_mod.COPY_MIN_ROWS * 40  # more than one chunk of COPY text
+    emails = [Email(company_id=1, to=[f"u{i}@acme.example"], subject=f"s{i}", text="t" * 200,
+                    idempotency_key=f"late-{i}") for i in range(n)]
+    emails[n - 2] = Email(company_id=1, to=["not-an-address"], subject="s", text="t")
+    with session_scope(tenants) as s:
+        with pytest.raises(EnqueueError, match="'not-an-address', which is not an email address"):
+            enqueue_many(s, emails, now=T0, settings=settings)
+        assert s.execute(sa.select(sa.func.count()).select_from(q)).scalar_one() == 0
+        out = enqueue_many(s, emails[:5], now=T0, settings=settings)  # the transaction is usable
+    assert all(o.created for o in out) and len(rows(tenants)) == 5
 
 
 def test_messages_are_standard_multipart_with_attachments_and_stable_ids(tenants, settings, smtp_server, smtp_mail):

@@ -114,13 +114,56 @@ def insert_rows(
     return out
 
 
-def copy_from(conn: sa.Connection, copy_sql: str, data: io.StringIO) -> None:
-    """Run ``COPY … FROM STDIN`` on the connection's psycopg2 cursor with ``data`` (COPY text
-    format, rewound here), in the connection's transaction."""
-    data.seek(0)
+# How much COPY text the driver asks for at a time from a stream of lines.
+_COPY_CHUNK = 64 * 1024
+
+
+class _RowsNotMade(Exception):
+    """Raised to the driver in place of the error that stopped the lines (kept aside): what
+    the driver gets is sent to the server, whose log must not hold the message's words."""
+
+
+class _LineStream:
+    """A file for COPY that pulls lines from an iterator as the driver asks for them: the
+    server stores one chunk of rows while the next are made (the two run on different cores)."""
+
+    def __init__(self, lines: Iterable[str]) -> None:
+        self._lines = iter(lines)
+        self.error: BaseException | None = None
+
+    def read(self, size: int = -1) -> str:
+        out: list[str] = []
+        length = 0
+        try:
+            for line in self._lines:
+                out.append(line)
+                length += len(line)
+                if 0 < size <= length:
+                    break
+        except Exception as exc:
+            self.error = exc
+            raise _RowsNotMade("the rows could not be made") from None
+        return "".join(out)
+
+
+def copy_from(conn: sa.Connection, copy_sql: str, data: io.StringIO | Iterable[str]) -> None:
+    """Run ``COPY … FROM STDIN`` on the connection's psycopg2 cursor, in the connection's
+    transaction, with ``data``: a buffer in COPY's text format (rewound here), or an iterable
+    of lines made while the COPY runs. An error raised while making the lines is raised
+    here as it was; the COPY is then aborted, so the transaction needs a rollback (to a
+    savepoint, say) before it goes on."""
+    if isinstance(data, io.StringIO):
+        data.seek(0)
+        source: io.StringIO | _LineStream = data
+    else:
+        source = _LineStream(data)
     cursor = conn.connection.driver_connection.cursor()
     try:
-        cursor.copy_expert(copy_sql, data)
+        cursor.copy_expert(copy_sql, source, size=_COPY_CHUNK)
+    except Exception:
+        if isinstance(source, _LineStream) and source.error is not None:
+            raise source.error from None
+        raise
     finally:
         cursor.close()
 
