@@ -89,6 +89,12 @@ sa.Index(
     "ix_email_queue_claim_order", email_queue.c.priority, EMAIL_KIND_KEY, EMAIL_DUE_AT, email_queue.c.id,
     postgresql_where=email_queue.c.status == "pending", sqlite_where=email_queue.c.status == "pending",
 )
+# 0011: messages in ``sending`` by the end of their lease: the claim finds the expired ones
+# without reading the entries every delivered message leaves behind (B1).
+sa.Index(
+    "ix_email_queue_lease", email_queue.c.locked_until,
+    postgresql_where=email_queue.c.status == "sending", sqlite_where=email_queue.c.status == "sending",
+)
 
 upload_queue = sa.Table(
     "upload_queue",
