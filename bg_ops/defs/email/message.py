@@ -234,9 +234,14 @@ def build_message(
     return b"".join(headers) + body
 
 
-def with_date(raw: bytes, when: datetime) -> bytes:
+def date_header(when: datetime) -> bytes:
+    """The ``Date`` header line for ``when`` (one per batch: the batch's messages share it)."""
+    return b"Date: " + format_datetime(when).encode("ascii") + CRLF
+
+
+def with_date(raw: bytes | memoryview, when: datetime) -> bytes:
     """Prepend the ``Date`` header at the moment the message enters the mail system."""
-    return b"Date: " + format_datetime(when).encode("ascii") + CRLF + raw
+    return date_header(when) + raw
 
 
 def envelope_from(mail_from: str) -> str:
