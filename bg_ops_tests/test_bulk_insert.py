@@ -80,6 +80,31 @@ def _reminder(i, **overrides):
     return Email(**values)
 
 
+def test_copy_from_streamed_lines_raises_the_lines_own_error_and_keeps_the_transaction(tenants):
+    """Lines made while COPY runs: an error in making them is raised as it was (not the
+    driver's "COPY failed"), the COPY is undone to its savepoint, the transaction goes on."""
+    if tenants.dialect.name != "postgresql":
+        pytest.skip("COPY is PostgreSQL's")
+    from bg_ops.db.bulk import copy_from
+
+    def lines():
+        for i in range(5000):  # several chunks reach the server before the error
+            if i == 4000:
+                raise LookupError("made-up failure while making line 4000")
+            yield f"{i}\t1\t[\"a{i}@kiwi.example\"]\tsubject {i}\t{'x' * 100}\n"
+
+    with session_scope(tenants) as s:
+        with pytest.raises(LookupError, match="line 4000"):
+            with s.begin_nested():  # the savepoint is taken with the connection, inside
+                copy_from(s.connection(), "COPY email_queue (id, company_id, to_addrs, subject, body_text) "
+                          "FROM STDIN", lines())
+        assert s.execute(sa.select(sa.func.count()).select_from(email_queue)).scalar_one() == 0
+        copy_from(s.connection(), "COPY email_queue (id, company_id, to_addrs, subject, body_text) FROM STDIN",
+                  iter(["1\t1\t[\"a@kiwi.example\"]\ts\tb\n"]))
+    with tenants.connect() as c:
+        assert c.execute(sa.select(email_queue.c.id, email_queue.c.subject)).all() == [(1, "s")]
+
+
 def test_deferred_mail_has_its_subject_now_and_its_bodies_at_delivery(tenants, tmp_path, smtp_server, smtp_mail):
     """The queue row holds the subject (operators see it) and the template; the delivered
     mail has both bodies, branded for the tenant, sent once."""

@@ -140,7 +140,7 @@ class _LineStream:
                 length += len(line)
                 if 0 < size <= length:
                     break
-        except Exception as exc:
+        except BaseException as exc:  # an interrupt too: the driver would replace it with its own error
             self.error = exc
             raise _RowsNotMade("the rows could not be made") from None
         return "".join(out)
