@@ -35,10 +35,12 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
 import sqlalchemy as sa
+from sqlalchemy.dialects.postgresql import ARRAY
 
+from bg_ops.db.driver import DriverStatement
 from bg_ops.db.own_schema import EMAIL_DUE_AT, EMAIL_KIND_KEY
 from bg_ops.db.own_schema import email_queue as q
-from bg_ops.db.types import UTCDateTime, utc_normalized
+from bg_ops.db.types import UTCDateTime, to_utc, utc_normalized
 from bg_ops.defs.email.enqueue import (
     SYSTEM_COMPANY_ID,
     EnqueueError,
@@ -219,6 +221,32 @@ def _claim_statements() -> dict:
     return statements
 
 
+_CLAIM_PARAMETERS = ("now", "limit", "worker_id", "locked_until")
+
+
+_DRIVER_STATEMENTS: dict[tuple[str, str], dict] = {}
+
+
+def _driver_statements(dialect: sa.Dialect) -> dict:
+    """PostgreSQL: the claim statements and the record of sent mail run on the driver's cursor
+    (``bg_ops.db.driver``): they run on the drain's database thread, whose Python the sending
+    thread waits for. The claimed rows need no type processing: the JSON arrives decoded, the
+    built message as bytes, the times aware (used only to sort the batch)."""
+    key = (dialect.name, dialect.driver)
+    if key in _DRIVER_STATEMENTS:
+        return _DRIVER_STATEMENTS[key]
+    statements = _claim_statements()
+    out = {name: DriverStatement(statements[name], dialect, _CLAIM_PARAMETERS)
+           for name in ("first", *_PRIORITY)}
+    sent = sa.update(q).where(
+        q.c.id == sa.any_(sa.bindparam("ids", type_=ARRAY(sa.BigInteger()))), q.c.status == "sending",
+    ).values(status="sent", sent_at=_NOW, last_error=None, next_attempt_at=None, locked_until=None,
+             locked_by=None, updated_at=_NOW)
+    out["sent"] = DriverStatement(sent, dialect, ("ids", "now"))
+    _DRIVER_STATEMENTS[key] = out
+    return out
+
+
 def claim_batch(conn_or_engine, *, now: datetime, worker_id: str, policy: DeliveryPolicy) -> list:
     """Mark up to ``batch_size`` due messages ``sending`` for this worker; return them in send order.
 
@@ -237,11 +265,13 @@ def claim_batch(conn_or_engine, *, now: datetime, worker_id: str, policy: Delive
         if conn.dialect.name != "postgresql":
             rows = conn.execute(statements["generic"], params).all()
         else:
-            rows = conn.execute(statements["first"], params).all()
+            params["now"], params["locked_until"] = to_utc(now), to_utc(params["locked_until"])
+            driver = _driver_statements(conn.dialect)
+            rows = driver["first"].rows(conn, params)
             for priority in _PRIORITY:  # another worker held some of them: take the next free ones
                 if len(rows) >= policy.batch_size:
                     break
-                rows += conn.execute(statements[priority], {**params, "limit": policy.batch_size - len(rows)}).all()
+                rows += driver[priority].rows(conn, {**params, "limit": policy.batch_size - len(rows)})
     return sorted(
         rows,
         key=lambda r: (
@@ -382,7 +412,9 @@ def record_outcomes(conn_or_engine, outcomes: list[_Outcome], *, now: datetime, 
             failures.append({"o_id": o.id, "o_error": error})
     statements = _record_statements()
     with _transaction(conn_or_engine) as conn:
-        if sent:
+        if sent and conn.dialect.name == "postgresql":
+            _driver_statements(conn.dialect)["sent"].rows(conn, {"ids": sent, "now": to_utc(now)})
+        elif sent:
             conn.execute(statements["sent"], {"ids": sent, "now": now})
         if retries:
             conn.execute(statements["retry"], [{**r, "now": now} for r in retries])
