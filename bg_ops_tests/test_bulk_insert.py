@@ -187,3 +187,26 @@ def test_subject_renderer_matches_render_subject_also_for_a_line_using_jinja_glo
                 fast({})
     finally:
         rendering._environments.cache_clear()
+
+
+def test_driver_statement_returns_driver_values_and_raises_sqlalchemy_errors(tenants):
+    """What the drain relies on: literals fixed at compile time, the caller's values, rows with
+    named fields as the driver decodes them, and driver errors raised as SQLAlchemy's."""
+    if tenants.dialect.name != "postgresql":
+        pytest.skip("a PostgreSQL path")
+    from bg_ops.db.driver import DriverStatement
+
+    insert = sa.insert(email_queue).values(
+        company_id=1, to_addrs=["a@kiwi.example"], subject=sa.bindparam("subject"), body_text="b",
+        idempotency_key=sa.bindparam("key"), raw_message=b"\x00\xffraw",
+    ).returning(email_queue.c.id, email_queue.c.to_addrs, email_queue.c.raw_message, email_queue.c.status)
+    with tenants.connect() as conn:
+        statement = DriverStatement(insert, conn.dialect, ("subject", "key"))
+        with conn.begin():
+            (row,) = statement.rows(conn, {"subject": AWKWARD, "key": "k-1"})
+        assert (row.to_addrs, bytes(row.raw_message), row.status) == (["a@kiwi.example"], b"\x00\xffraw", "pending")
+        with pytest.raises(sa.exc.IntegrityError, match="ix_email_queue_idempotency_key"):
+            with conn.begin():
+                statement.rows(conn, {"subject": "again", "key": "k-1"})
+        assert not conn.invalidated  # a constraint error is not a lost connection
+        assert conn.execute(sa.select(email_queue.c.subject)).scalars().all() == [AWKWARD]

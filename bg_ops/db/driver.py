@@ -23,11 +23,19 @@ import sqlalchemy as sa
 
 class DriverStatement:
     def __init__(self, statement: sa.Executable, dialect: sa.Dialect, parameters: Iterable[str]) -> None:
-        """``parameters``: the names the caller gives at each run; every other parameter is a
-        literal of the statement, fixed here."""
+        """``parameters``: the names the caller gives at each run, passed to the driver as
+        given; every other parameter is a literal of the statement, bound here once as its
+        type binds it (JSON serialised, say)."""
         compiled = statement.compile(dialect=dialect)
         self.sql = compiled.string
-        self.literals = dict(compiled.construct_params({name: None for name in parameters}))
+        given = set(parameters)
+        self.literals = {}
+        for name, value in compiled.construct_params({name: None for name in given}).items():
+            if name not in given and value is not None:  # a literal: made once as its type binds it
+                bind = compiled.binds[name]
+                process = bind.type.dialect_impl(dialect).bind_processor(dialect)
+                value = process(value) if process else value
+            self.literals[name] = value
         self._row_type = None
 
     def rows(self, conn: sa.Connection, values: Mapping) -> list:
