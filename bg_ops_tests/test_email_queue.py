@@ -305,6 +305,19 @@ def test_a_bad_message_late_in_a_bulk_copy_queues_nothing(tenants, settings):
     assert all(o.created for o in out) and len(rows(tenants)) == 5
 
 
+def test_the_first_bad_message_is_the_error_on_every_path(tenants, settings):
+    """A bad message that would be written and a later bad one that would not (its key repeats
+    an earlier one): the first in the call is the error, on SQLite as on PostgreSQL's COPY."""
+    emails = [Email(company_id=1, to=[f"u{i}@acme.example"], subject=f"s{i}", text="t", idempotency_key=f"o-{i}")
+              for i in range(80)]
+    emails[2] = Email(company_id=1, to=["first-bad"], subject="s", text="t", idempotency_key="o-2")
+    emails[70] = Email(company_id=1, to=["second-bad"], subject="s", text="t", idempotency_key="o-1")
+    with session_scope(tenants) as s:
+        with pytest.raises(EnqueueError, match="'first-bad'"):
+            enqueue_many(s, emails, now=T0, settings=settings)
+    assert rows(tenants) == []
+
+
 def test_messages_are_standard_multipart_with_attachments_and_stable_ids(tenants, settings, smtp_server, smtp_mail):
     e = Email(company_id=1, to=["José Müller <jose@acme.example>"], cc=["cc@acme.example"], bcc=["hidden@acme.example"],
               reply_to="pm@acme.example", template="test_message", context={"note": "Überfällig ✓ <b>bold</b>"},

@@ -273,8 +273,8 @@ def _copy_many(session: Session, emails: Sequence[Email], prepare_one) -> list[E
     per message.
 
     Keys already queued are looked up first and skipped, a key repeated in the call maps to
-    its first message; ids come from the table's sequence. Every message is checked, written
-    or not: the first ``EnqueueError`` aborts the COPY (undone to its savepoint) and is
+    its first message; ids come from the table's sequence. Every message is checked in order,
+    written or not: the first ``EnqueueError`` aborts the COPY (undone to its savepoint) and is
     raised, so nothing is queued. A key queued by another transaction after the look-up makes
     the COPY fail on the unique index: it is undone and ``None`` is returned, so the caller
     falls back to ``INSERT … ON CONFLICT DO NOTHING``.
@@ -290,29 +290,33 @@ def _copy_many(session: Session, emails: Sequence[Email], prepare_one) -> list[E
         candidates.append(index)
     existing = _queued_ids(session, list(first_of_key))
     new = [i for i in candidates if emails[i].idempotency_key not in existing] if existing else candidates
-    if len(new) < len(emails):  # repeats and keys queued before: checked all the same
-        written = set(new)
-        for index, email in enumerate(emails):
-            if index not in written:
-                prepare_one(email)
     ids = session.execute(
         sa.text("SELECT nextval(pg_get_serial_sequence('email_queue', 'id')) FROM generate_series(1, :n)"),
         {"n": len(new)},
     ).scalars().all() if new else []
-    call_values: dict = {}
-    lines = (_copy_line(row_id, prepare_one(emails[index]).row, call_values) for row_id, index in zip(ids, new))
+    id_of = dict(zip(new, ids))
+
+    def lines():
+        # Every message is checked in the order given (the first bad one is the error raised,
+        # as on every other path); only the new ones become rows.
+        call_values: dict = {}
+        for index, email in enumerate(emails):
+            prepared = prepare_one(email)
+            row_id = id_of.get(index)
+            if row_id is not None:
+                yield _copy_line(row_id, prepared.row, call_values)
+
     import psycopg2.errors
 
     try:
         with session.begin_nested():
-            copy_from(session.connection(), f"COPY email_queue ({', '.join(_COPY_COLUMNS)}) FROM STDIN", lines)
+            copy_from(session.connection(), f"COPY email_queue ({', '.join(_COPY_COLUMNS)}) FROM STDIN", lines())
     except sa.exc.DBAPIError as exc:
         if isinstance(exc.orig, psycopg2.errors.UniqueViolation):
             return None
         raise
     except psycopg2.errors.UniqueViolation:
         return None
-    id_of = dict(zip(new, ids))
     out = []
     for index, email in enumerate(emails):
         row_id = id_of.get(index)

@@ -99,13 +99,14 @@ _WORD_CHROME = len("=?utf-8?b??=")
 
 
 def _encoded_words(data: bytes, first_room: int) -> list[str]:
-    """UTF-8 ``data`` as B-encoded words, the first fitting ``first_room`` characters, the
-    others a folded line of their own; never splitting a character between words."""
+    """UTF-8 ``data`` as B-encoded words, the first fitting ``first_room`` characters (at
+    least ``_MIN_WORD_ROOM``), the others a folded line of their own; never splitting a
+    character between words."""
     words: list[str] = []
     start, end_of_data = 0, len(data)
     room = first_room
     while start < end_of_data:
-        end = min(start + max((room - _WORD_CHROME) // 4 * 3, 12), end_of_data)
+        end = min(start + (room - _WORD_CHROME) // 4 * 3, end_of_data)
         while end < end_of_data and 0x80 <= data[end] < 0xC0:  # inside a character: back off
             end -= 1
         words.append("=?utf-8?b?" + binascii.b2a_base64(data[start:end], newline=False).decode("ascii") + "?=")
@@ -113,9 +114,13 @@ def _encoded_words(data: bytes, first_room: int) -> list[str]:
     return words
 
 
+# Room for one encoded word holding at least one character of up to four bytes.
+_MIN_WORD_ROOM = _WORD_CHROME + 8
+
+
 def _fold_ascii(name: str, value: str) -> str:
-    """``name: value`` folded at spaces into lines of at most 78 characters (a longer word
-    keeps a line of its own)."""
+    """``name: value`` folded at spaces into lines of at most 78 characters (every word fits
+    one: ``_header`` checks)."""
     lines: list[str] = []
     line = f"{name}:"
     for word in value.split(" "):
@@ -128,17 +133,22 @@ def _fold_ascii(name: str, value: str) -> str:
 
 
 def _header(name: str, value: str) -> bytes:
-    """One header line, folded; non-ASCII text as RFC 2047 encoded words (UTF-8, base64).
+    """One header line, folded within 78 characters; non-ASCII text, an ASCII word too long for
+    a line and text that reads like an encoded word (``=?``) as RFC 2047 encoded words (UTF-8,
+    base64), so readers show exactly the value.
 
     Built here rather than by ``email.header.Header``: its encoder costs ~20 us a subject
     (B2); readers decode both alike (tests parse the results with the standard parser)."""
     value = " ".join(value.split())  # no CR/LF can reach the headers
-    if value.isascii():
+    if value.isascii() and "=?" not in value:
         if len(name) + 2 + len(value) <= 78:
             return f"{name}: {value}".encode("ascii") + CRLF
-        return _fold_ascii(name, value).encode("ascii") + CRLF
-    words = _encoded_words(value.encode("utf-8"), 76 - len(name) - 2)
-    return (f"{name}: " + "\r\n ".join(words)).encode("ascii") + CRLF
+        if len(name) + 2 + max(map(len, value.split(" "))) <= 78:
+            return _fold_ascii(name, value).encode("ascii") + CRLF
+    # A name of more than 54 characters leaves no room on its line: that one line runs over 76
+    # by what its first word needs (folding before the first word makes readers keep a space).
+    first_room = max(76 - len(name) - 2, _MIN_WORD_ROOM)
+    return (f"{name}: " + "\r\n ".join(_encoded_words(value.encode("utf-8"), first_room))).encode("ascii") + CRLF
 
 
 def _address_header(name: str, pairs: Sequence[tuple[str, str]]) -> bytes:
