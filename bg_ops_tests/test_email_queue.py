@@ -228,9 +228,11 @@ def test_bulk_enqueue_keeps_every_value_and_key_rule(tenants, settings, smtp_ser
     head = "back\\slash \\N Überfällig ✓"
     emails = [
         Email(company_id=1 + i % 2, to=[f"u{i}@acme.example"], subject=f"bulk {i}: {head}", text=f"{odd}\n#{i}",
-              html=f"<p>{odd} #{i}</p>", template=None, context=None, reply_to=f"pm{i}@acme.example",
-              priority=("high", "normal", "low")[i % 3], idempotency_key=f"bulk-{i}",
-              send_after=T0 - timedelta(minutes=i) if i % 5 == 0 else None)
+              html=f"<p>{odd} #{i}</p>", template=None, context={"n": i, "odd": odd} if i % 4 == 0 else None,
+              reply_to=f"pm{i}@acme.example", priority=("high", "normal", "low")[i % 3], idempotency_key=f"bulk-{i}",
+              send_after=T0 - timedelta(minutes=i) if i % 5 == 0 else None,
+              cc=[f"cc{i}@acme.example"] if i % 6 == 0 else (), bcc=[f"bcc{i}@acme.example"] if i % 6 == 0 else (),
+              attachments=["acme/brief.pdf"] if i == 30 else ())
         for i in range(60)
     ]
     emails.append(emails[3])  # the same key twice in one call
@@ -246,12 +248,18 @@ def test_bulk_enqueue_keeps_every_value_and_key_rule(tenants, settings, smtp_ser
         1, f"bulk 12: {head}", f"{odd}\n#12", f"<p>{odd} #12</p>", "high", "pm12@acme.example", "pending")
     assert r12.to_addrs == ["u12@acme.example"] and r12.send_after is None and r12.attempts == 0
     assert stored["bulk-10"].send_after == T0 - timedelta(minutes=10)
+    r30 = stored["bulk-30"]  # every rarely-set column at once
+    assert (r30.cc_addrs, r30.bcc_addrs, r30.attachments, r30.context) == (
+        ["cc30@acme.example"], ["bcc30@acme.example"], ["acme/brief.pdf"], None)
+    assert stored["bulk-12"].context == {"n": 12, "odd": odd} and stored["bulk-13"].cc_addrs is None
+    assert r12.created_at == T0 and r12.message_id.startswith("<")
     assert r12.raw_message.startswith(b"From: ") and b"\r\n" in r12.raw_message
     deliver_due(tenants, smtp_mail, clock=Clock(T0), settings=settings, policy=DeliveryPolicy(batch_size=25))
     got = sorted(smtp_server.messages, key=lambda m: int(m.message["Subject"].split(":")[0].split()[-1])
                  if m.message["Subject"].startswith("bulk") else -1)
-    assert [list(m.rcpt_tos) for m in got] == [["old@nordlicht.example"]] + [
-        [f"u{i}@acme.example"] for i in range(60) if i != 7]
+    assert [sorted(m.rcpt_tos) for m in got] == [["old@nordlicht.example"]] + [
+        sorted([f"u{i}@acme.example"] + ([f"cc{i}@acme.example", f"bcc{i}@acme.example"] if i % 6 == 0 else []))
+        for i in range(60) if i != 7]
     m12 = next(m for m in got if m.message["Subject"] == f"bulk 12: {head}")
     sent_text = m12.message.get_body(("plain",)).get_content()
     assert sent_text.replace("\r\n", "\n").rstrip("\n") == f"{odd}\n#12".replace("\r\n", "\n")

@@ -13,8 +13,9 @@ from __future__ import annotations
 
 import io
 import json
+import struct
 from collections.abc import Iterable, Sequence
-from datetime import date, datetime
+from datetime import UTC, date, datetime
 from decimal import Decimal
 
 import sqlalchemy as sa
@@ -60,6 +61,60 @@ _FORMATS = {
     datetime: _datetime, date: date.isoformat, dict: _json, list: _json,
     bytes: _bytes, bytearray: _bytes, memoryview: _bytes, Decimal: str,
 }
+
+
+# COPY's binary format (PostgreSQL's documentation of COPY, "Binary Format"): nothing for the
+# server to parse or unescape. For the queue's ~4 KB rows its COPY took 0.22-0.28 s for 10,000
+# rows instead of 0.38 s in text format, and making the rows in Python was faster too (B2).
+BINARY_COPY_HEADER = b"PGCOPY\n\xff\r\n\x00" + bytes(8)  # signature, flags, header extension
+BINARY_COPY_TRAILER = b"\xff\xff"
+BINARY_NULL = b"\xff\xff\xff\xff"
+_PG_EPOCH = datetime(2000, 1, 1, tzinfo=UTC)
+_length = struct.Struct("!i").pack
+_int4 = struct.Struct("!ii").pack
+_int8 = struct.Struct("!iq").pack
+
+
+def binary_fields(count: int) -> bytes:
+    """The start of one row: its number of fields."""
+    return struct.pack("!h", count)
+
+
+def binary_int4(value: int | None) -> bytes:
+    return BINARY_NULL if value is None else _int4(4, value)
+
+
+def binary_int8(value: int | None) -> bytes:
+    return BINARY_NULL if value is None else _int8(8, value)
+
+
+def binary_text(value: str | None) -> bytes:
+    """text, varchar."""
+    if value is None:
+        return BINARY_NULL
+    data = value.encode("utf-8")
+    return _length(len(data)) + data
+
+
+def binary_bytea(value: bytes | None) -> bytes:
+    return BINARY_NULL if value is None else _length(len(value)) + bytes(value)
+
+
+def binary_jsonb(value) -> bytes:
+    if value is None:
+        return BINARY_NULL
+    data = b"\x01" + _encode_json(value).encode("utf-8")  # jsonb's binary form: version 1, then the text
+    return _length(len(data)) + data
+
+
+def binary_timestamptz(value: datetime | None) -> bytes:
+    """Microseconds since 2000-01-01 UTC."""
+    if value is None:
+        return BINARY_NULL
+    if value.tzinfo is None:
+        raise ValueError(f"naive datetime {value!r}: pass an aware datetime (UTC)")
+    since = value - _PG_EPOCH
+    return _int8(8, (since.days * 86_400 + since.seconds) * 1_000_000 + since.microseconds)
 
 
 def copy_text(value) -> str:
@@ -130,9 +185,10 @@ class _LineStream:
     def __init__(self, lines: Iterable[str]) -> None:
         self._lines = iter(lines)
         self.error: BaseException | None = None
+        self.binary = False  # lines of bytes: COPY's binary format
 
-    def read(self, size: int = -1) -> str:
-        out: list[str] = []
+    def read(self, size: int = -1) -> str | bytes:
+        out: list = []
         length = 0
         try:
             for line in self._lines:
@@ -143,13 +199,17 @@ class _LineStream:
         except BaseException as exc:  # an interrupt too: the driver would replace it with its own error
             self.error = exc
             raise _RowsNotMade("the rows could not be made") from None
-        return "".join(out)
+        if not out:
+            return b"" if self.binary else ""
+        self.binary = isinstance(out[0], bytes)
+        return (b"" if self.binary else "").join(out)
 
 
 def copy_from(conn: sa.Connection, copy_sql: str, data: io.StringIO | Iterable[str]) -> None:
     """Run ``COPY … FROM STDIN`` on the connection's psycopg2 cursor, in the connection's
     transaction, with ``data``: a buffer in COPY's text format (rewound here), or an iterable
-    of lines made while the COPY runs. An error raised while making the lines is raised
+    of lines made while the COPY runs (``str`` in text format, ``bytes`` in binary format:
+    ``BINARY_COPY_HEADER``, rows, ``BINARY_COPY_TRAILER``). An error raised while making the lines is raised
     here as it was; the COPY is then aborted, so the transaction needs a rollback (to a
     savepoint, say) before it goes on."""
     if isinstance(data, io.StringIO):

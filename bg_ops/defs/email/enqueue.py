@@ -21,7 +21,19 @@ from sqlalchemy.dialects.postgresql import ARRAY
 from sqlalchemy.orm import Session
 
 from bg_ops.db.app_schema import Company
-from bg_ops.db.bulk import copy_from, copy_text
+from bg_ops.db.bulk import (
+    BINARY_COPY_HEADER,
+    BINARY_COPY_TRAILER,
+    BINARY_NULL,
+    binary_bytea,
+    binary_fields,
+    binary_int4,
+    binary_int8,
+    binary_jsonb,
+    binary_text,
+    binary_timestamptz,
+    copy_from,
+)
 from bg_ops.db.own_schema import EMAIL_KINDS, EMAIL_PRIORITIES, email_queue
 from bg_ops.defs.email.message import (
     AddressError,
@@ -217,43 +229,44 @@ def _insert(session: Session):
 
 
 # Bulk enqueue on PostgreSQL: from this many rows, COPY instead of a multi-row INSERT (about
-# 3x faster for ~4 KB rows: no parameters to parse per row, bytea sent as text, not hex).
-# Straight into the queue, not through bg_ops.db.bulk's staging table and INSERT … SELECT:
-# one write per row instead of two, about 35% faster for these rows (B2, 2026-12-02).
+# 3x faster for ~4 KB rows: no parameters to parse per row). Straight into the queue, not
+# through bg_ops.db.bulk's staging table and INSERT … SELECT: one write per row instead of
+# two, about 35% faster for these rows; in COPY's binary format, which the server stores
+# without parsing (0.38 -> 0.22-0.28 s for 10,000 rows, B2, 2026-12-02).
 COPY_MIN_ROWS = 50
 # Columns NULL in most rows, and the ones with the same value in every row of a call.
 _RARE_COLUMNS = ("cc_addrs", "bcc_addrs", "reply_to", "template", "context", "attachments", "send_after")
+_RARE_ENCODERS = (binary_jsonb, binary_jsonb, binary_text, binary_text, binary_jsonb, binary_jsonb,
+                  binary_timestamptz)
 _CALL_COLUMNS = ("status", "attempts", "created_at", "updated_at")
 _COPY_COLUMNS = (
     "id", "company_id", "to_addrs", "subject", "body_text", "body_html", "priority", "kind",
     "idempotency_key", "message_id", "raw_message", *_RARE_COLUMNS, *_CALL_COLUMNS,
 )
-_ALL_NULL = "\t".join(["\\N"] * len(_RARE_COLUMNS))
-_BYTEA_USUAL = bytes(range(0x20, 0x7F)) + b"\r\n"  # what a built message is made of
+_FIELD_COUNT = binary_fields(len(_COPY_COLUMNS))
+_ALL_RARE_NULL = BINARY_NULL * len(_RARE_COLUMNS)
+_COPY_SQL = f"COPY email_queue ({', '.join(_COPY_COLUMNS)}) FROM STDIN (FORMAT binary)"
 
 
-def _bytea(value: bytes | None) -> str:
-    """A built message in bytea's escape format (printable ASCII as itself, CR/LF in octal):
-    half the bytes of hex, and it is ASCII by construction."""
-    if isinstance(value, bytes) and not value.translate(None, _BYTEA_USUAL):  # nothing else in it
-        return value.replace(b"\\", b"\\\\\\\\").replace(b"\r", b"\\\\015").replace(b"\n", b"\\\\012").decode("ascii")
-    return copy_text(value)
-
-
-def _copy_line(row_id: int, row: dict, call_values: dict) -> str:
-    """One row of ``prepare`` in COPY's text format, in ``_COPY_COLUMNS``' order: the rare
-    columns formatted only when one is set, the call's own
-    (status, times) formatted once per call (``call_values``)."""
+def _copy_record(row_id: int, row: dict, call_values: dict) -> bytes:
+    """One row of ``prepare`` in COPY's binary format, in ``_COPY_COLUMNS``' order: the rare
+    columns encoded only when one is set, the call's own (status, times) once per call
+    (``call_values``)."""
     rare = [row[c] for c in _RARE_COLUMNS]
-    same = tuple(row[c] for c in _CALL_COLUMNS)
+    same = (row["status"], row["attempts"], row["created_at"], row["updated_at"])
     tail = call_values.get(same)
     if tail is None:
-        tail = call_values[same] = "\t".join(map(copy_text, same))
-    return "\t".join((
-        str(row_id), *[copy_text(row[c]) for c in _COPY_COLUMNS[1:10]], _bytea(row["raw_message"]),
-        _ALL_NULL if rare.count(None) == len(rare) else "\t".join(map(copy_text, rare)),
+        tail = call_values[same] = (binary_text(same[0]) + binary_int4(same[1]) + binary_timestamptz(same[2])
+                                    + binary_timestamptz(same[3]))
+    return b"".join((
+        _FIELD_COUNT, binary_int8(row_id), binary_int4(row["company_id"]), binary_jsonb(row["to_addrs"]),
+        binary_text(row["subject"]), binary_text(row["body_text"]), binary_text(row["body_html"]),
+        binary_text(row["priority"]), binary_text(row["kind"]), binary_text(row["idempotency_key"]),
+        binary_text(row["message_id"]), binary_bytea(row["raw_message"]),
+        _ALL_RARE_NULL if rare.count(None) == len(rare) else b"".join(
+            [encode(value) for encode, value in zip(_RARE_ENCODERS, rare)]),
         tail,
-    )) + "\n"
+    ))
 
 
 def _queued_ids(session: Session, keys: Sequence[str]) -> dict[str, int]:
@@ -296,21 +309,23 @@ def _copy_many(session: Session, emails: Sequence[Email], prepare_one) -> list[E
     ).scalars().all() if new else []
     id_of = dict(zip(new, ids))
 
-    def lines():
+    def records():
         # Every message is checked in the order given (the first bad one is the error raised,
         # as on every other path); only the new ones become rows.
+        yield BINARY_COPY_HEADER
         call_values: dict = {}
         for index, email in enumerate(emails):
             prepared = prepare_one(email)
             row_id = id_of.get(index)
             if row_id is not None:
-                yield _copy_line(row_id, prepared.row, call_values)
+                yield _copy_record(row_id, prepared.row, call_values)
+        yield BINARY_COPY_TRAILER
 
     import psycopg2.errors
 
     try:
         with session.begin_nested():
-            copy_from(session.connection(), f"COPY email_queue ({', '.join(_COPY_COLUMNS)}) FROM STDIN", lines())
+            copy_from(session.connection(), _COPY_SQL, records())
     except sa.exc.DBAPIError as exc:
         if isinstance(exc.orig, psycopg2.errors.UniqueViolation):
             return None
