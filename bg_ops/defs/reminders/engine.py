@@ -20,7 +20,6 @@ retry of the rule starts clean.
 
 from __future__ import annotations
 
-import io
 from collections import defaultdict
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
@@ -32,7 +31,18 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 import sqlalchemy as sa
 from sqlalchemy.orm import Session
 
-from bg_ops.db.bulk import copy_from, copy_text, insert_rows
+from bg_ops.db.bulk import (
+    BINARY_COPY_HEADER,
+    BINARY_COPY_TRAILER,
+    binary_fields,
+    binary_int4,
+    binary_int8,
+    binary_jsonb,
+    binary_text,
+    binary_timestamptz,
+    copy_from,
+    insert_rows,
+)
 from bg_ops.db.own_schema import notifications, reminder_log
 from bg_ops.defs.email.deferred import DeferredCheck
 from bg_ops.defs.email.enqueue import Email, EnqueueError, MailSettings, enqueue_many
@@ -293,17 +303,20 @@ def _key(tenant_id: int, rule: str, c: _Checked) -> str:
 
 def _checked(session, *, tenant, rule, check, send_at, items) -> list[_Checked]:
     out, refused = [], {}
+    def where(entity_id, recipient_id) -> str:
+        return f"{rule} reminder about {entity_id} for user {recipient_id} of tenant {tenant.slug}"
+
     for (entity_id, recipient_id, period), due in items:
         context = {**due.context, "recipient_name": due.name}
-        where = f"{rule} reminder about {entity_id} for user {recipient_id} of tenant {tenant.slug}"
         if _address_problem(due.email):  # the address itself stays out of the message (logs)
             refused[(entity_id, recipient_id, period)] = (
-                f"{where}: the user's email is not a valid address: fix users.email of user {recipient_id}")
+                f"{where(entity_id, recipient_id)}: the user's email is not a valid address: fix users.email of "
+                f"user {recipient_id}")
             continue
         try:
             subject = check.subject(context)
         except TemplateError as exc:
-            refused[(entity_id, recipient_id, period)] = f"{where}: {exc}"
+            refused[(entity_id, recipient_id, period)] = f"{where(entity_id, recipient_id)}: {exc}"
             continue
         out.append(_Checked(entity_id, recipient_id, period, due.email.strip(), context, subject, send_at(due)))
     if refused:  # a reminder sent before is not sent again: its error no longer matters
@@ -388,13 +401,14 @@ def _write_pg(session, *, tenant, rule, template, title, entity_type, priority, 
     conn = session.connection()
     # The table lives as long as the connection; each chunk empties it after use.
     conn.exec_driver_sql(f"CREATE TEMP TABLE IF NOT EXISTS {_BATCH} ({_BATCH_COLUMNS}) ON COMMIT DELETE ROWS")
-    data = io.StringIO()
-    data.writelines(
-        f"{c.entity_id}\t{c.recipient_id}\t{copy_text(c.period)}\t{copy_text(c.email)}\t{copy_text(c.subject)}\t"
-        f"{copy_text(c.context)}\t{c.send_after.isoformat()}\n"
+    fields = binary_fields(7)
+    records = [
+        b"".join((fields, binary_int8(c.entity_id), binary_int4(c.recipient_id), binary_text(c.period),
+                  binary_text(c.email), binary_text(c.subject), binary_jsonb(c.context),
+                  binary_timestamptz(c.send_after)))
         for c in chunk
-    )
-    copy_from(conn, f"COPY {_BATCH} FROM STDIN", data)
+    ]
+    copy_from(conn, f"COPY {_BATCH} FROM STDIN (FORMAT binary)", [BINARY_COPY_HEADER, *records, BINARY_COPY_TRAILER])
     params = {"cid": tenant.id, "rule": rule, "run_date": run_date,
               "digest": digest, "now": now, "entity_type": entity_type, "template": template, "title": title,
               "priority": priority, "kind": kind, "domain": message_id_domain(mail_settings.mail_from)}
