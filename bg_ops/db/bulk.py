@@ -14,7 +14,7 @@ from __future__ import annotations
 import io
 import json
 import struct
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from datetime import UTC, date, datetime
 from decimal import Decimal
 
@@ -73,6 +73,14 @@ _PG_EPOCH = datetime(2000, 1, 1, tzinfo=UTC)
 _length = struct.Struct("!i").pack
 _int4 = struct.Struct("!ii").pack
 _int8 = struct.Struct("!iq").pack
+
+
+def binary_copy(records: Iterable[bytes]) -> Iterator[bytes]:
+    """COPY's binary stream for ``copy_from``: the header, the records (each ``binary_fields``
+    and its fields), the trailer."""
+    yield BINARY_COPY_HEADER
+    yield from records
+    yield BINARY_COPY_TRAILER
 
 
 def binary_fields(count: int) -> bytes:
@@ -205,12 +213,11 @@ class _LineStream:
         return (b"" if self.binary else "").join(out)
 
 
-def copy_from(conn: sa.Connection, copy_sql: str, data: io.StringIO | Iterable[str]) -> None:
+def copy_from(conn: sa.Connection, copy_sql: str, data: io.StringIO | Iterable[str] | Iterable[bytes]) -> None:
     """Run ``COPY … FROM STDIN`` on the connection's psycopg2 cursor, in the connection's
     transaction, with ``data``: a buffer in COPY's text format (rewound here), or an iterable
     of lines made while the COPY runs (``str`` in text format, ``bytes`` in binary format:
-    ``BINARY_COPY_HEADER``, rows, ``BINARY_COPY_TRAILER``). An error raised while making the lines is raised
-    here as it was; the COPY is then aborted, so the transaction needs a rollback (to a
+    ``binary_copy``). An error raised while making the lines is raised here as it was; the COPY is then aborted, so the transaction needs a rollback (to a
     savepoint, say) before it goes on."""
     if isinstance(data, io.StringIO):
         data.seek(0)

@@ -238,10 +238,7 @@ def _driver_statements(dialect: sa.Dialect) -> dict:
     statements = _claim_statements()
     out = {name: DriverStatement(statements[name], dialect, _CLAIM_PARAMETERS)
            for name in ("first", *_PRIORITY)}
-    sent = sa.update(q).where(
-        q.c.id == sa.any_(sa.bindparam("ids", type_=ARRAY(sa.BigInteger()))), q.c.status == "sending",
-    ).values(status="sent", sent_at=_NOW, last_error=None, next_attempt_at=None, locked_until=None,
-             locked_by=None, updated_at=_NOW)
+    sent = _sent(q.c.id == sa.any_(sa.bindparam("ids", type_=ARRAY(sa.BigInteger()))))
     out["sent"] = DriverStatement(sent, dialect, ("ids", "now"))
     _DRIVER_STATEMENTS[key] = out
     return out
@@ -377,15 +374,23 @@ def send_batch(rows, conn: MailConnection, *, now: datetime, settings: MailSetti
     return outcomes
 
 
+_SENDING = q.c.status == "sending"
+_DONE = {"locked_until": None, "locked_by": None, "updated_at": _NOW}  # every outcome leaves its lease
+
+
+def _sent(ids_condition):
+    """The update marking the messages of ``ids_condition`` sent (parameter ``now``)."""
+    return sa.update(q).where(ids_condition, _SENDING).values(
+        status="sent", sent_at=_NOW, last_error=None, next_attempt_at=None, **_DONE)
+
+
 @functools.cache
 def _record_statements() -> dict:
     """{"sent": …, "retry": …, "failed": …}: the outcome updates, built once per process (at
     the default batch of 20, building them cost about as much as PostgreSQL running them)."""
-    sending = q.c.status == "sending"
-    done = {"locked_until": None, "locked_by": None, "updated_at": _NOW}
+    sending, done = _SENDING, _DONE
     return {
-        "sent": sa.update(q).where(q.c.id.in_(sa.bindparam("ids", expanding=True)), sending).values(
-            status="sent", sent_at=_NOW, last_error=None, next_attempt_at=None, **done),
+        "sent": _sent(q.c.id.in_(sa.bindparam("ids", expanding=True))),
         "retry": sa.update(q).where(q.c.id == sa.bindparam("o_id"), sending).values(
             status="pending", next_attempt_at=sa.bindparam("o_next", type_=UTCDateTime()),
             last_error=sa.bindparam("o_error"),

@@ -11,7 +11,7 @@ before it (``_copy_many``); singles are one INSERT.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
@@ -22,10 +22,9 @@ from sqlalchemy.orm import Session
 
 from bg_ops.db.app_schema import Company
 from bg_ops.db.bulk import (
-    BINARY_COPY_HEADER,
-    BINARY_COPY_TRAILER,
     BINARY_NULL,
     binary_bytea,
+    binary_copy,
     binary_fields,
     binary_int4,
     binary_int8,
@@ -269,15 +268,17 @@ def _copy_record(row_id: int, row: dict, call_values: dict) -> bytes:
     ))
 
 
-def _queued_ids(session: Session, keys: Sequence[str]) -> dict[str, int]:
-    """{key: id} of the messages already queued under these keys (PostgreSQL)."""
+def _queued_ids(session: Session, keys: Iterable[str]) -> dict[str, int]:
+    """{key: id} of the messages already queued under these keys (on PostgreSQL one array
+    parameter, however many keys)."""
+    keys = list(keys)
     if not keys:
         return {}
-    return dict(session.execute(
-        sa.select(email_queue.c.idempotency_key, email_queue.c.id).where(
-            email_queue.c.idempotency_key == sa.any_(sa.bindparam("keys", list(keys), type_=ARRAY(sa.String())))
-        )
-    ).all())
+    if session.get_bind().dialect.name == "postgresql":
+        condition = email_queue.c.idempotency_key == sa.any_(sa.bindparam("keys", keys, type_=ARRAY(sa.String())))
+    else:
+        condition = email_queue.c.idempotency_key.in_(keys)
+    return dict(session.execute(sa.select(email_queue.c.idempotency_key, email_queue.c.id).where(condition)).all())
 
 
 def _copy_many(session: Session, emails: Sequence[Email], prepare_one) -> list[Enqueued] | None:
@@ -312,20 +313,18 @@ def _copy_many(session: Session, emails: Sequence[Email], prepare_one) -> list[E
     def records():
         # Every message is checked in the order given (the first bad one is the error raised,
         # as on every other path); only the new ones become rows.
-        yield BINARY_COPY_HEADER
         call_values: dict = {}
         for index, email in enumerate(emails):
             prepared = prepare_one(email)
             row_id = id_of.get(index)
             if row_id is not None:
                 yield _copy_record(row_id, prepared.row, call_values)
-        yield BINARY_COPY_TRAILER
 
     import psycopg2.errors
 
     try:
         with session.begin_nested():
-            copy_from(session.connection(), _COPY_SQL, records())
+            copy_from(session.connection(), _COPY_SQL, binary_copy(records()))
     except sa.exc.DBAPIError as exc:
         if isinstance(exc.orig, psycopg2.errors.UniqueViolation):
             return None
@@ -394,19 +393,11 @@ def insert_prepared(session: Session, prepared: Sequence[_Prepared]) -> list[Enq
             seen.add(p.key)
         to_insert.append(p.row)
     inserted: dict[str, int] = {}
-    existing: dict[str, int] = {}
     if to_insert:
         result = session.execute(_insert(session), to_insert if len(to_insert) > 1 else to_insert[0])
         inserted = {r.message_id: r.id for r in result}
-    missing = {p.key for p in prepared if p.key and p.message_id not in inserted and p.key not in existing}
-    if missing:  # queued before, by an earlier call or another transaction
-        existing |= dict(
-            session.execute(
-                sa.select(email_queue.c.idempotency_key, email_queue.c.id).where(
-                    email_queue.c.idempotency_key.in_(missing)
-                )
-            ).all()
-        )
+    # Keys the insert skipped: queued before, by an earlier call or another transaction.
+    existing = _queued_ids(session, {p.key for p in prepared if p.key and p.message_id not in inserted})
 
     out, first_for_key = [], {}
     for p in prepared:

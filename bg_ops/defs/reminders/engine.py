@@ -32,8 +32,7 @@ import sqlalchemy as sa
 from sqlalchemy.orm import Session
 
 from bg_ops.db.bulk import (
-    BINARY_COPY_HEADER,
-    BINARY_COPY_TRAILER,
+    binary_copy,
     binary_fields,
     binary_int4,
     binary_int8,
@@ -408,7 +407,7 @@ def _write_pg(session, *, tenant, rule, template, title, entity_type, priority, 
                   binary_timestamptz(c.send_after)))
         for c in chunk
     ]
-    copy_from(conn, f"COPY {_BATCH} FROM STDIN (FORMAT binary)", [BINARY_COPY_HEADER, *records, BINARY_COPY_TRAILER])
+    copy_from(conn, f"COPY {_BATCH} FROM STDIN (FORMAT binary)", binary_copy(records))
     params = {"cid": tenant.id, "rule": rule, "run_date": run_date,
               "digest": digest, "now": now, "entity_type": entity_type, "template": template, "title": title,
               "priority": priority, "kind": kind, "domain": message_id_domain(mail_settings.mail_from)}
