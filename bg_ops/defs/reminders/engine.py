@@ -135,8 +135,14 @@ class RuleResult:
 
 
 def send_time(ctx: RuleContext, recipient_zone: str | None) -> datetime:
-    hour = ctx.setting("send_hour", DEFAULT_SEND_HOUR)
-    return _send_instant(ctx.day, min(max(hour, 0), 23), recipient_zone, ctx.zone)
+    return send_times(ctx)(recipient_zone)
+
+
+def send_times(ctx: RuleContext) -> Callable[[str | None], datetime]:
+    """``send_time`` for one run, as a function of the recipient's zone (the setting read once)."""
+    hour = min(max(ctx.setting("send_hour", DEFAULT_SEND_HOUR), 0), 23)
+    day, zone = ctx.day, ctx.zone
+    return lambda recipient_zone: _send_instant(day, hour, recipient_zone, zone)
 
 
 @lru_cache(maxsize=4096)
@@ -225,7 +231,7 @@ def run_rule(
     delivered = deliver_reminders(
         session, tenant=ctx.tenant, rule=rule.name, template=rule.template, title=rule.title,
         entity_type=rule.entity_type, priority=rule.priority, kind=rule.kind, keyed=keyed, run_date=day,
-        now=ctx.now, mail_settings=mail_settings, send_at=lambda due: send_time(ctx, due.timezone),
+        now=ctx.now, mail_settings=mail_settings, send_at=lambda due, at=send_times(ctx): at(due.timezone),
         digest=bool(ctx.tenant.settings.get("digest")),
     )
     result.enqueued, result.digested, result.already_sent = delivered
@@ -348,6 +354,8 @@ def _address_problem(address: str) -> bool:
 _BATCH = "_reminder_batch"
 _BATCH_COLUMNS = ("entity_id bigint, recipient_id integer, period text, email text, subject text, context jsonb, "
                   "send_after timestamptz")
+_PREPARE_BATCH = (f"CREATE TEMP TABLE IF NOT EXISTS {_BATCH} ({_BATCH_COLUMNS}) ON COMMIT DELETE ROWS; "
+                  f"DELETE FROM {_BATCH}")
 # What the writers in Python make from a checked reminder, made by the server from the batch:
 # the idempotency key (``_key``), the Message-ID (``message_id_for``: the first 40 hex digits of
 # the key's SHA-256 at the sender's domain) and the notification's title and body.
@@ -398,8 +406,11 @@ def _write_pg(session, *, tenant, rule, template, title, entity_type, priority, 
               mail_settings, digest) -> tuple[int, int]:
     """Write one checked chunk on PostgreSQL; return (reminders logged now, mails queued)."""
     conn = session.connection()
-    # The table lives as long as the connection; each chunk empties it after use.
-    conn.exec_driver_sql(f"CREATE TEMP TABLE IF NOT EXISTS {_BATCH} ({_BATCH_COLUMNS}) ON COMMIT DELETE ROWS")
+    # The table lives as long as the connection and is emptied by each commit; a chunk written
+    # earlier in the same transaction is cleared in the same round trip as the table is made.
+    # (Created in the transaction, not when connecting, so it works behind PgBouncer's
+    # transaction pooling too.)
+    conn.exec_driver_sql(_PREPARE_BATCH)
     fields = binary_fields(7)
     records = [
         b"".join((fields, binary_int8(c.entity_id), binary_int4(c.recipient_id), binary_text(c.period),
@@ -414,7 +425,6 @@ def _write_pg(session, *, tenant, rule, template, title, entity_type, priority, 
     counts = conn.execute(_WRITE_PG, params).one()
     if counts.mailed < counts.to_mail:
         conn.execute(_REPAIR_PG, {"cid": tenant.id, "rule": rule})
-    conn.exec_driver_sql(f"DELETE FROM {_BATCH}")
     return counts.logged, counts.mailed
 
 

@@ -3,12 +3,11 @@
 from __future__ import annotations
 
 import sqlalchemy as sa
-from sqlalchemy.orm import aliased
 
 from bg_ops.db.app_schema import Approval, ApprovalStep, Project
 from bg_ops.db.types import UTCDateTime
 from bg_ops.defs.reminders.engine import Rule, RuleContext
-from bg_ops.defs.reminders.rules.common import dues, local_date, not_suspended, recipient, recipient_columns
+from bg_ops.defs.reminders.rules.common import alias_of, dues, local_date, not_suspended, recipient, recipient_columns
 
 DEFAULT_STALLED_DAYS = 3
 
@@ -58,7 +57,7 @@ approval_overdue = Rule(
 def find_approval_stalled(session, ctx: RuleContext):
     days = ctx.setting("approval_stalled.days", DEFAULT_STALLED_DAYS)
     a, p = Approval, Project
-    earlier = aliased(ApprovalStep, name="earlier")
+    earlier = alias_of(ApprovalStep, "earlier")
     # A stage is pending since the previous stage answered, or since the approval started.
     pending_since = sa.func.coalesce(
         sa.select(sa.func.max(earlier.responded_at))

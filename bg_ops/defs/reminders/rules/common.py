@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from datetime import date, datetime
+from functools import lru_cache
 
 import sqlalchemy as sa
 from sqlalchemy.orm import aliased
@@ -14,9 +15,17 @@ RECIPIENT_COLUMNS = ("recipient_id", "email", "name", "timezone")
 SUSPENDED = "suspended"  # projects.status set by client suspension (O7): no reminders about its items
 
 
+@lru_cache(maxsize=None)
+def alias_of(entity, name: str):
+    """The ORM alias ``name`` of ``entity``, made once per process: an alias adapts every column
+    of its table the first time it is used (~0.35 ms), and a daily run made a few dozen (B3).
+    Aliases hold no state of a query or tenant, so every rule can share them."""
+    return aliased(entity, name=name)
+
+
 def recipient(ctx: RuleContext, user_id_column, alias_name: str = "recipient"):
     """(alias, join condition) for an active user of this tenant whose id is ``user_id_column``."""
-    u = aliased(User, name=alias_name)
+    u = alias_of(User, alias_name)
     cond = sa.and_(u.id == user_id_column, u.company_id == ctx.tenant.id, u.is_active.is_(True))
     return u, cond
 
@@ -24,7 +33,7 @@ def recipient(ctx: RuleContext, user_id_column, alias_name: str = "recipient"):
 def not_suspended(ctx: RuleContext, project_id_column):
     """True unless ``project_id_column`` names a suspended project of this tenant: items of a
     suspended client's projects are not reminded about; items without a project are unaffected."""
-    p = aliased(Project, name="suspended_project")
+    p = alias_of(Project, "suspended_project")
     return ~sa.exists().where(p.id == project_id_column, p.company_id == ctx.tenant.id, p.status == SUSPENDED)
 
 

@@ -17,11 +17,10 @@ from __future__ import annotations
 from datetime import timedelta
 
 import sqlalchemy as sa
-from sqlalchemy.orm import aliased
 
 from bg_ops.db.app_schema import Document, User
 from bg_ops.defs.reminders.engine import Rule, RuleContext
-from bg_ops.defs.reminders.rules.common import dues, recipient, recipient_columns
+from bg_ops.defs.reminders.rules.common import alias_of, dues, recipient, recipient_columns
 
 ALERT_DAYS_BEFORE = (30, 7, 1, 0)
 UNRESOLVED_STATUSES = ("valid", "expired")  # 'renewed' resolves a document
@@ -52,7 +51,7 @@ def _expiring(session, ctx: RuleContext):
 
 
 def _expired(session, ctx: RuleContext):
-    doc_owner = aliased(User, name="doc_owner")
+    doc_owner = alias_of(User, "doc_owner")
     where = (
         Document.company_id == ctx.tenant.id,
         Document.status.in_(UNRESOLVED_STATUSES),
@@ -68,7 +67,7 @@ def _expired(session, ctx: RuleContext):
         .join(manager, manager_ok)
         .where(*where)
     )
-    admin = aliased(User, name="admin_user")
+    admin = alias_of(User, "admin_user")
     admin_ok = sa.and_(admin.company_id == ctx.tenant.id, admin.is_active.is_(True), admin.role == ADMIN_ROLE)
     admins = (
         sa.select(*base, *recipient_columns(admin), sa.literal("admin").label("role"))

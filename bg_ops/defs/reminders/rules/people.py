@@ -15,12 +15,11 @@ from datetime import date
 
 import sqlalchemy as sa
 from sqlalchemy.ext.compiler import compiles
-from sqlalchemy.orm import aliased
 from sqlalchemy.sql.functions import FunctionElement
 
 from bg_ops.db.app_schema import User
 from bg_ops.defs.reminders.engine import Due, Rule, RuleContext
-from bg_ops.defs.reminders.rules.common import recipient, recipient_columns
+from bg_ops.defs.reminders.rules.common import alias_of, recipient, recipient_columns
 
 HR_ROLE = "hr"
 
@@ -55,7 +54,7 @@ def celebrated_month_days(day: date) -> list[str]:
 
 
 def _celebrations(session, ctx: RuleContext, date_column_name: str, *, min_years: int) -> list[Due]:
-    person = aliased(User, name="person")
+    person = alias_of(User, "person")
     date_col = getattr(person, date_column_name)
     where = [
         person.company_id == ctx.tenant.id,
@@ -68,7 +67,7 @@ def _celebrations(session, ctx: RuleContext, date_column_name: str, *, min_years
         where.append(date_col < date(ctx.day.year - min_years + 1, 1, 1))
     base = [person.id.label("entity_id"), person.full_name.label("person_name"), date_col.label("celebrated_on")]
 
-    hr = aliased(User, name="hr_user")
+    hr = alias_of(User, "hr_user")
     hr_ok = sa.and_(hr.company_id == ctx.tenant.id, hr.is_active.is_(True), hr.role == HR_ROLE, hr.id != person.id)
     hr_rows = (
         sa.select(*base, *recipient_columns(hr), sa.literal("hr").label("role"))
