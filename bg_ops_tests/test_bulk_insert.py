@@ -7,6 +7,7 @@ from email import message_from_bytes, policy
 
 import pytest
 import sqlalchemy as sa
+from markupsafe import Markup
 
 from bg_ops.db.app_schema import Company
 from bg_ops.db.bulk import COPY_THRESHOLD, insert_rows
@@ -185,6 +186,57 @@ def test_subject_renderer_matches_render_subject_also_for_a_line_using_jinja_glo
             assert rendering.render_subject(name, {"title": "T"}, company_name="Acme") == expected
             with pytest.raises(rendering.TemplateError, match="'title' is undefined: add it to the context"):
                 fast({})
+    finally:
+        rendering._environments.cache_clear()
+
+
+@pytest.mark.parametrize("value", ["Spring <b>campaign</b> & co", 7, 0, None, 2.5, True, "", "  two\nlines ",
+                                   Markup("<i>marked</i>"), ["a", 1], {"name": "inner"}])
+def test_subject_renderer_agrees_with_jinja_for_every_subject_line(value):
+    """Plain subject lines (text and ``{{ name }}``) are joined without Jinja: every subject
+    template, with every variable set to values of each type, renders as ``render_subject``
+    renders it, and at least the reminder lines take that path."""
+    from bg_ops.defs.email import rendering
+    from bg_ops.defs.email.deferred import required_variables
+
+    text_env = rendering._environments()[1]
+    plain = []
+    for name in rendering.template_names():
+        context = dict.fromkeys(required_variables(name), value)
+        fast = rendering.subject_renderer(name, company_name="Acme & Söhne", company_slug="acme")
+        assert _outcome(fast, context) == _outcome(
+            lambda c: rendering.render_subject(name, c, company_name="Acme & Söhne", company_slug="acme"), context)
+        if rendering._plain_parts(text_env, f"{name}.subject.txt") is not None:
+            plain.append(name)
+    assert {"reminder_approval_overdue", "reminder_task_due", "reminder_design_queue"} <= set(plain)
+
+
+def _outcome(render, context):
+    """What rendering gives: the subject, or the error's type and text (a line that needs a
+    number fails in Jinja with any other value, and must fail the same way)."""
+    try:
+        return render(context)
+    except Exception as exc:  # noqa: BLE001 - compared, not handled
+        return type(exc).__name__, str(exc)
+
+
+def test_subject_renderer_plain_line_looks_attributes_up_as_jinja_does(tmp_path, monkeypatch):
+    from bg_ops.defs.email import rendering
+
+    (tmp_path / "a.subject.txt").write_text("{{ item.title }} / {{ item.keys }} / {{ company.slug }}\n")
+    monkeypatch.setattr(rendering, "TEMPLATES_DIR", tmp_path)
+    rendering._environments.cache_clear()
+    try:
+        fast = rendering.subject_renderer("a", company_name="Acme", company_slug="acme")
+        assert rendering._plain_parts(rendering._environments()[1], "a.subject.txt") is not None
+        item = {"title": "T", "keys": "K"}  # Jinja's getattr: the dict's method before its key
+        assert fast({"item": item}) == rendering.render_subject("a", {"item": item}, company_name="Acme",
+                                                                company_slug="acme")
+        assert fast({"item": item}).startswith("T / <built-in method keys")
+        with pytest.raises(rendering.TemplateError, match="has no attribute 'title': add it to the context"):
+            fast({"item": {}})
+        with pytest.raises(rendering.TemplateError, match="'item' is undefined: add it to the context"):
+            fast({})
     finally:
         rendering._environments.cache_clear()
 

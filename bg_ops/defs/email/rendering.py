@@ -89,8 +89,10 @@ def subject_renderer(name: str, *, company_name: str, company_slug: str = "") ->
     company = {"name": company_name, "slug": company_slug}
     uses_globals = bool(_names_loaded(text_env, filename) & set(template.globals))
     concat = text_env.concat
+    parts = None if uses_globals else _plain_parts(text_env, filename)
+    get_attribute = text_env.getattr
 
-    def subject(context: Mapping) -> str:
+    def rendered(context: Mapping) -> str:
         values = {**context, "company": company}
         if uses_globals:
             return _subject(text_env, name, values)
@@ -100,7 +102,58 @@ def subject_renderer(name: str, *, company_name: str, company_slug: str = "") ->
             raise _template_error(name, filename, exc) from None
         return _clean_subject(name, text)
 
+    if parts is None:
+        return rendered
+
+    def subject(context: Mapping) -> str:
+        # A line of text and ``{{ name }}`` / ``{{ name.attr }}`` only: joined here as Jinja
+        # would join it (``str`` of each value, attributes looked up by Jinja's own getattr).
+        # Anything unusual (a missing name, an undefined attribute) goes to Jinja, whose
+        # result or error is the answer.
+        try:
+            out = []
+            for literal, path in parts:
+                if path is None:
+                    out.append(literal)
+                    continue
+                value = company if path[0] == "company" else context[path[0]]
+                for attribute in path[1:]:
+                    value = get_attribute(value, attribute)
+                if isinstance(value, jinja2.Undefined):
+                    return rendered(context)
+                out.append(str(value))
+        except Exception:  # noqa: BLE001 - Jinja decides what it means
+            return rendered(context)
+        return _clean_subject(name, "".join(out))
+
     return subject
+
+
+@lru_cache(maxsize=None)
+def _plain_parts(env: jinja2.Environment, filename: str) -> tuple[tuple[str | None, tuple[str, ...] | None], ...] | None:
+    """A template of literal text and plain variable outputs as (text, None) and (None, name
+    path) pieces; None when it uses anything else (tags, filters, expressions)."""
+    source, _, _ = env.loader.get_source(env, filename)
+    try:
+        body = env.parse(source).body
+    except jinja2.TemplateSyntaxError:
+        return None
+    parts: list[tuple[str | None, tuple[str, ...] | None]] = []
+    for node in body:
+        if not isinstance(node, jinja2.nodes.Output):
+            return None
+        for child in node.nodes:
+            if isinstance(child, jinja2.nodes.TemplateData):
+                parts.append((child.data, None))
+                continue
+            path: list[str] = []
+            while isinstance(child, jinja2.nodes.Getattr):
+                path.insert(0, child.attr)
+                child = child.node
+            if not (isinstance(child, jinja2.nodes.Name) and child.ctx == "load"):
+                return None
+            parts.append((None, (child.name, *path)))
+    return tuple(parts)
 
 
 @lru_cache(maxsize=None)
