@@ -15,10 +15,15 @@ and SMTP connection) and with two batch sizes: 200 (the size this benchmark stat
 goal) and the job's default 20. The limit measured in the same run is plain ``smtplib``
 sending the same kind of messages, pre-built as bytes, over the same number of connections
 (2 connections = 2 processes) to the same sink. It is measured right before each delivery
-run (full: 5,000 messages, about 6 s; quick: all 300), four times per connection count, and
-the limit is the best of those four: other processes on a shared machine only ever slow a
+run (full: 5,000 messages, about 6 s; quick: all 300), four times per connection count and round, and
+the limit is the best of those: other processes on a shared machine only ever slow a
 measurement down, so the best one is the closest to what the machine can do, and a burst of
-load during one baseline cannot make a delivery run look faster than its limit. Goals:
+load during one baseline cannot make a delivery run look faster than its limit. By the same
+reasoning each delivery run is made twice in full (once in quick), in two rounds over all
+eight runs, and its best round counts: the baselines are short (5,000 mails, ~5 s) and the
+delivery runs long (20,000), so a best-of-many limit against a single run measured the
+machine's fast spells as much as the code (one session saw the same baseline at 921 and
+1,539 mails/s within three minutes). Every round's rate is in the details. Goals:
 ratio (a) >= 0.9, (b) >= 0.5.
 
 Every run is checked: the sink received exactly N messages with N distinct Message-IDs,
@@ -49,6 +54,7 @@ NAME = "b1_email_drain"
 TITLE = "B1 email drain"
 SIZES = {"quick": 300, "full": 20_000}
 BASELINE_SIZES = {"quick": 300, "full": 5_000}
+ROUNDS = {"quick": 1, "full": 2}  # every delivery run this many times, rounds apart; each side's best counts
 BATCH_SIZES = (200, 20)  # 200: the size stated for the goal; 20: the job's default
 STATED_BATCH = 200
 WORKERS = (1, 2)
@@ -339,17 +345,18 @@ def run(size: str, pg: BenchPostgres) -> BenchResult:
     n_base = BASELINE_SIZES[size]
     runs = []
     try:
-        for path, template in (("a", tpl_a), ("b", tpl_b)):
-            for batch in BATCH_SIZES:
-                for w in WORKERS:
-                    b = _baseline(pool, sink, n_base, w, f"{path}-{batch}")
-                    r = _delivery(pool, sink, pg, template, n, w, batch)
-                    r["path"], r["baseline"] = path, b
-                    runs.append(r)
-                    log(f"B1: ({path}) {w} worker(s), batch {batch}: {r['mails_per_s']} mails/s; smtplib just "
-                        f"before: {b['mails_per_s']} (ratio {r['mails_per_s'] / b['mails_per_s']:.2f}); "
-                        f"worker time: {r['breakdown']} "
-                        f"{'ok' if r['ok'] and b['ok'] else 'CHECK FAILED'}")
+        for round_ in range(ROUNDS[size]):
+            for path, template in (("a", tpl_a), ("b", tpl_b)):
+                for batch in BATCH_SIZES:
+                    for w in WORKERS:
+                        b = _baseline(pool, sink, n_base, w, f"{path}-{batch}-{round_}")
+                        r = _delivery(pool, sink, pg, template, n, w, batch)
+                        r["path"], r["baseline"], r["round"] = path, b, round_
+                        runs.append(r)
+                        log(f"B1: round {round_ + 1}: ({path}) {w} worker(s), batch {batch}: {r['mails_per_s']} "
+                            f"mails/s; smtplib just before: {b['mails_per_s']} "
+                            f"(ratio {r['mails_per_s'] / b['mails_per_s']:.2f}); worker time: {r['breakdown']} "
+                            f"{'ok' if r['ok'] and b['ok'] else 'CHECK FAILED'}")
     finally:
         pool.close()
         sink.stop()
@@ -361,8 +368,12 @@ def run(size: str, pg: BenchPostgres) -> BenchResult:
     best = {w: max(r["baseline"]["mails_per_s"] for r in runs if r["workers"] == w) for w in WORKERS}
     details["limit_mails_per_s"] = {str(w): best[w] for w in WORKERS}
     labels = {"a": "(a) API-queued", "b": "(b) SQL-inserted"}
+    by_config: dict[tuple, list[dict]] = {}
     for r in runs:
-        w, batch, path = r["workers"], r["batch_size"], r["path"]
+        by_config.setdefault((r["path"], r["workers"], r["batch_size"]), []).append(r)
+    for (path, w, batch), rounds in by_config.items():
+        r = max(rounds, key=lambda x: x["mails_per_s"])  # each side's best, as for the limit
+        r["all_rounds_mails_per_s"] = [x["mails_per_s"] for x in rounds]
         limit = best[w]
         ratio = r["mails_per_s"] / limit
         goal = GOALS[path]
@@ -371,7 +382,8 @@ def run(size: str, pg: BenchPostgres) -> BenchResult:
         if not ok:
             extra_us = (1 / r["mails_per_s"] - 1 / limit) * 1e6 * w
             note = (
-                f"{extra_us:.0f} us more per mail and connection than smtplib; ratio to the smtplib run just "
+                f"{extra_us:.0f} us more per mail and connection than smtplib; rounds "
+                f"{', '.join(f'{x:.0f}' for x in r['all_rounds_mails_per_s'])} mails/s; ratio to the smtplib run just "
                 f"before it: {r['mails_per_s'] / r['baseline']['mails_per_s']:.2f}; worker time: {r['breakdown']}; "
                 f"machine {r['machine_cores_busy']} of {CpuMeter().cores} cores busy, sink used "
                 f"{r['sink_cpu_s']} s CPU"
@@ -386,9 +398,10 @@ def run(size: str, pg: BenchPostgres) -> BenchResult:
 
     checks = {
         "n": n,
-        "deliveries": {k: {"sink_count": r["sink_count"], "sink_distinct": r["sink_distinct"],
-                           "rows_by_status": r["rows_by_status"], "ok": r["ok"]}
-                       for k, r in details["runs"].items()},
+        "deliveries": {
+            f"{r['path']}_w{r['workers']}_b{r['batch_size']}" + (f"_round{r['round'] + 1}" if r["round"] else ""):
+            {"sink_count": r["sink_count"], "sink_distinct": r["sink_distinct"],
+             "rows_by_status": r["rows_by_status"], "ok": r["ok"]} for r in runs},
         "baselines": [{"n": n_base, "connections": b["connections"], "sink_count": b["sink_count"],
                        "sink_distinct": b["sink_distinct"], "ok": b["ok"]} for b in details["baselines"]],
     }
