@@ -24,7 +24,6 @@ from bg_ops.defs.email import admin
 from bg_ops.defs.email.delivery import DeliveryPolicy, deliver_due
 from bg_ops.defs.email.enqueue import Email, EnqueueError, MailSettings, enqueue, enqueue_many
 from bg_ops.resources.database import DatabaseResource
-from bg_ops_tests.support.waiting import wait_for
 
 T0 = datetime(2026, 11, 23, 9, 0, tzinfo=UTC)
 RANK = {"high": 0, "normal": 1, "low": 2}
@@ -553,7 +552,7 @@ def test_a_worker_killed_mid_batch_loses_nothing_and_sends_nothing_more_than_twi
     engine = _seed(pg_url, settings, 200)
     smtp_server.delay_next(200, 0.02)  # a slow relay: the kill lands in the middle of a batch
     victim = _worker(pg_url, smtp_server, "victim", 50, 300)
-    wait_for(lambda: len(smtp_server.messages) >= 60, timeout=60, what="the victim to be mid-batch")
+    smtp_server.wait_for_messages(60, timeout=60)  # the victim is mid-batch
     os.killpg(victim.pid, signal.SIGKILL)
     victim.wait(timeout=10)
     before_crash = Counter(m.message["Message-ID"] for m in smtp_server.messages)

@@ -14,6 +14,7 @@ from pathlib import Path
 import dagster as dg
 import pytest
 import sqlalchemy as sa
+import uvicorn
 
 from bg_ops.db.app_schema import Invoice
 from bg_ops.db.engine import session_scope
@@ -59,23 +60,36 @@ class Client:
         return self.request("POST", f"/payments/{provider}", body, headers)
 
 
+class _Server(uvicorn.Server):
+    """uvicorn's server telling a waiting thread when its start-up has ended, either way."""
+
+    def __init__(self, config):
+        super().__init__(config)
+        self.ready = threading.Event()
+
+    async def startup(self, sockets=None):
+        try:
+            await super().startup(sockets=sockets)
+        finally:
+            self.ready.set()
+
+
 class Intake(Client):
     """The intake app under uvicorn in a thread, on a free loopback port."""
 
     def __init__(self, db_url: str, max_body_bytes: int = 1024 * 1024):
-        import uvicorn
-
         from bg_ops.defs.billing.intake import create_app
 
         super().__init__(free_port())
         app = create_app(database_url=db_url, secrets=(CURRENT, NEXT), max_body_bytes=max_body_bytes)
-        self.server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=self.port, log_config=None,
-                                                    access_log=False, lifespan="off"))
+        self.server = _Server(uvicorn.Config(app, host="127.0.0.1", port=self.port, log_config=None,
+                                             access_log=False, lifespan="off"))
         self.thread = threading.Thread(target=self.server.run, daemon=True)
 
     def __enter__(self):
         self.thread.start()
-        wait_for(lambda: self.server.started, timeout=20, what="the intake server", interval=0.02)
+        if not self.server.ready.wait(timeout=20) or not self.server.started:
+            raise RuntimeError(f"the intake server did not start on port {self.port}")
         return self
 
     def __exit__(self, *exc):

@@ -134,12 +134,9 @@ class RuleResult:
         }
 
 
-def send_time(ctx: RuleContext, recipient_zone: str | None) -> datetime:
-    return send_times(ctx)(recipient_zone)
-
-
 def send_times(ctx: RuleContext) -> Callable[[str | None], datetime]:
-    """``send_time`` for one run, as a function of the recipient's zone (the setting read once)."""
+    """When a reminder of this run goes out, as a function of the recipient's zone: the send
+    hour (default 08:00) on the run day there, falling back to the tenant's zone."""
     hour = min(max(ctx.setting("send_hour", DEFAULT_SEND_HOUR), 0), 23)
     day, zone = ctx.day, ctx.zone
     return lambda recipient_zone: _send_instant(day, hour, recipient_zone, zone)
@@ -209,6 +206,7 @@ def run_rule(
     for due in dues:  # one reminder per person, even when they hold two roles (PM and approver)
         keyed.setdefault((due.entity_id, due.recipient_id, due.period or day), due)
     result.found = len(keyed)
+    send_at = send_times(ctx)
     if dry_run:
         sent = set(
             session.execute(
@@ -223,7 +221,7 @@ def run_rule(
                 "rule": rule.name, "entity_id": entity_id, "recipient": due.email, "name": due.name,
                 "what": due.context.get("headline") or rule.title,
                 "period": period, "already_sent": (entity_id, recipient_id, period) in sent,
-                "send_at": send_time(ctx, due.timezone).isoformat(),
+                "send_at": send_at(due.timezone).isoformat(),
             })
         result.already_sent = sum(1 for p in result.preview if p["already_sent"])
         return result
@@ -231,7 +229,7 @@ def run_rule(
     delivered = deliver_reminders(
         session, tenant=ctx.tenant, rule=rule.name, template=rule.template, title=rule.title,
         entity_type=rule.entity_type, priority=rule.priority, kind=rule.kind, keyed=keyed, run_date=day,
-        now=ctx.now, mail_settings=mail_settings, send_at=lambda due, at=send_times(ctx): at(due.timezone),
+        now=ctx.now, mail_settings=mail_settings, send_at=lambda due: send_at(due.timezone),
         digest=bool(ctx.tenant.settings.get("digest")),
     )
     result.enqueued, result.digested, result.already_sent = delivered
@@ -482,6 +480,7 @@ def send_digests(session: Session, ctx: RuleContext, *, mail_settings: MailSetti
         )
     }
     emails, log_ids = [], []
+    send_at = send_times(ctx)
     for person_id, items in by_person.items():
         user = people.get(person_id)
         if user is None:  # deactivated since: nothing to send
@@ -490,7 +489,7 @@ def send_digests(session: Session, ctx: RuleContext, *, mail_settings: MailSetti
             company_id=ctx.tenant.id, to=[user.email], template="reminder_digest",
             context={"recipient_name": user.full_name, "day": day,
                      "items": [{"rule": r.rule, "subject": r.subject} for r in items]},
-            send_after=send_time(ctx, user.timezone),
+            send_after=send_at(user.timezone),
             idempotency_key=f"digest:{ctx.tenant.id}:{person_id}:{day}",
         ))
         log_ids.append([r.id for r in items])
