@@ -102,6 +102,26 @@ def test_approval_overdue_reaches_current_approvers_and_pm_only(world, mail_sett
     assert all("Proof 100" in m.subject for m in mails)  # not 101 (due today), not the completed one
 
 
+def test_a_pm_who_is_also_the_approver_hears_once_as_the_approver(world, mail_settings):
+    """The same person found twice (PM of the project and approver of the stage): one mail, and
+    always the approver's (the first row of a key counts, rows ordered by role), whatever order
+    the database returns the union in."""
+    with session_scope(world) as s:
+        s.add(ApprovalStep(approval_id=100, stage=1, approver_id=1, status="pending"))  # the PM approves too
+    result = run(world, "kiwi", "approval_overdue", mail_settings)
+    assert (result.found, result.enqueued) == (2, 2)
+    with world.connect() as c:
+        rows = c.execute(sa.select(q.c.to_addrs, q.c.context).where(q.c.company_id == 1)).all()
+    roles = {r.to_addrs[0]: r.context["role"] for r in rows}
+    assert roles == {"pm@kiwi.example": "approver", "approver@kiwi.example": "approver"}
+    assert queued_for(world, 2) == []  # the other tenant: nothing
+
+
+def queued_for(engine, company_id):
+    with engine.connect() as c:
+        return c.execute(sa.select(q.c.id).where(q.c.company_id == company_id)).all()
+
+
 def test_task_due_uses_local_calendar_days(world, mail_settings):
     for slug in ZONES:
         run(world, slug, "task_due", mail_settings)

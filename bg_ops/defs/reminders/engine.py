@@ -323,11 +323,11 @@ def _checked(session, *, tenant, rule, check, send_at, items) -> list[_Checked]:
             continue
         out.append(_Checked(entity_id, recipient_id, period, due.email.strip(), context, subject, send_at(due)))
     if refused:  # a reminder sent before is not sent again: its error no longer matters
-        logged = set(session.execute(
+        logged = {tuple(row) for row in session.execute(
             sa.select(reminder_log.c.entity_id, reminder_log.c.recipient_id, reminder_log.c.period).where(
                 reminder_log.c.company_id == tenant.id, reminder_log.c.rule == rule,
                 reminder_log.c.entity_id.in_({k[0] for k in refused}))
-        ).tuples().all())
+        )}
         for key, message in refused.items():
             if key not in logged:
                 raise EnqueueError(message)

@@ -33,7 +33,8 @@ def _overdue_rows(session, ctx: RuleContext):
         .join(pm, pm_ok)
         .where(*where)
     )
-    return session.execute(sa.union_all(approvers, pms).order_by("entity_id", "recipient_id")).all()
+    # A PM who is also the stage's approver hears once, as the approver (the first row of a key counts).
+    return session.execute(sa.union_all(approvers, pms).order_by("entity_id", "recipient_id", "role")).all()
 
 
 def find_approval_overdue(session, ctx: RuleContext):
