@@ -262,3 +262,73 @@ def test_driver_statement_returns_driver_values_and_raises_sqlalchemy_errors(ten
                 statement.rows(conn, {"subject": "again", "key": "k-1"})
         assert not conn.invalidated  # a constraint error is not a lost connection
         assert conn.execute(sa.select(email_queue.c.subject)).scalars().all() == [AWKWARD]
+
+
+def _prepared_here(conn) -> dict[str, tuple[int, int]]:
+    """The prepared statements of this connection's server session: {name: (generic, custom plans)}."""
+    return {name: (generic, custom) for name, generic, custom in conn.exec_driver_sql(
+        "SELECT name, generic_plans, custom_plans FROM pg_prepared_statements")}
+
+
+def test_a_prepared_driver_statement_runs_prepared_and_outlives_a_server_that_forgets_it(tenants, caplog):
+    """Prepared once per connection, literals written into it as their type binds them (quotes,
+    percent signs, JSON); the same rows as unprepared. When the server forgets it (DISCARD ALL,
+    a pooler's other session) the run in autocommit goes on unprepared, the next prepares anew;
+    forgotten twice, that connection stops preparing and says so. In a transaction the error is
+    the caller's: it is raised, and the retry prepares anew."""
+    if tenants.dialect.name != "postgresql":
+        pytest.skip("a PostgreSQL path")
+    from bg_ops.db.driver import DriverStatement
+
+    odd = "50% off, it's \"quoted\" ✓"
+    select = (
+        sa.select(email_queue.c.id, sa.literal(odd).label("odd"), email_queue.c.subject)
+        .where(email_queue.c.subject.like(sa.literal("%") + sa.bindparam("word") + "%"),
+               email_queue.c.to_addrs == sa.literal(["a@kiwi.example"], type_=email_queue.c.to_addrs.type))
+        .order_by(email_queue.c.id)
+    )
+    with tenants.begin() as conn:
+        conn.execute(sa.insert(email_queue), [
+            {"company_id": 1, "to_addrs": ["a@kiwi.example"], "subject": s, "body_text": "b"}
+            for s in ("apple pie", "apple tart", "pear")])
+    plain = DriverStatement(select, tenants.dialect, ("word",))
+    prepared = DriverStatement(select, tenants.dialect, ("word",), prepare="bg_ops_test_select")
+    assert prepared.name.startswith("bg_ops_test_select_") and plain.name is None
+    with tenants.connect() as conn:
+        conn.execution_options(isolation_level="AUTOCOMMIT")
+        expected = [tuple(r) for r in plain.rows(conn, {"word": "apple"})]
+        assert [r.odd for r in plain.rows(conn, {"word": "apple"})] == [odd, odd]
+        for word in ("apple", "apple", "pear"):
+            got = [tuple(r) for r in prepared.rows(conn, {"word": word})]
+            assert got == [tuple(r) for r in plain.rows(conn, {"word": word})]
+        assert got and got[0][2] == "pear" and len(expected) == 2
+        assert list(_prepared_here(conn)) == [prepared.name]
+
+        conn.exec_driver_sql("DEALLOCATE ALL")  # as DISCARD ALL or another server session would
+        assert [tuple(r) for r in prepared.rows(conn, {"word": "apple"})] == expected  # unprepared, this once
+        assert _prepared_here(conn) == {}
+        assert [tuple(r) for r in prepared.rows(conn, {"word": "apple"})] == expected  # and prepared anew
+        assert list(_prepared_here(conn)) == [prepared.name]
+
+        conn.exec_driver_sql("DEALLOCATE ALL")
+        with caplog.at_level("WARNING", logger="bg_ops.db"):
+            assert [tuple(r) for r in prepared.rows(conn, {"word": "apple"})] == expected
+            assert [tuple(r) for r in prepared.rows(conn, {"word": "apple"})] == expected
+        assert _prepared_here(conn) == {}  # that connection runs it unprepared from now on
+        warned = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+        assert warned == [f"prepared statements do not last on this database connection (a pooler in transaction "
+                          f"mode?): running {prepared.name} and the others unprepared on it from now on"]
+
+    with tenants.connect() as conn:  # a new connection prepares again; in a transaction the error is raised
+        conn.invalidate()  # (the pool's connection above stopped preparing: take a new one)
+    with tenants.connect() as conn:
+        with conn.begin():
+            assert [tuple(r) for r in prepared.rows(conn, {"word": "apple"})] == expected
+        conn.exec_driver_sql("DEALLOCATE ALL")
+        conn.commit()
+        with pytest.raises(sa.exc.DBAPIError, match=prepared.name):
+            with conn.begin():
+                prepared.rows(conn, {"word": "apple"})
+        with conn.begin():
+            assert [tuple(r) for r in prepared.rows(conn, {"word": "apple"})] == expected
+        assert list(_prepared_here(conn)) == [prepared.name]

@@ -423,6 +423,22 @@ def test_a_drain_that_stops_early_gives_back_the_batch_it_claimed_ahead(pg_url, 
     assert {tuple(r) for r in third} == {("pending", 0, None)}
 
 
+def test_the_drain_claims_with_one_prepared_plan_and_leaves_the_connection_as_it_found_it(pg_url, settings, smtp_server, smtp_mail):
+    """PostgreSQL: the claim and the record of sent mail are prepared statements, the claim run on
+    one generic plan for the whole drain (left to choose, PostgreSQL planned it anew every batch);
+    the setting that asks for it is reset before the connection goes back to the pool."""
+    engine = _seed(pg_url, settings, 60)
+    report = deliver_due(engine, smtp_mail, clock=Clock(datetime.now(UTC)), settings=settings,
+                         policy=DeliveryPolicy(batch_size=5))
+    assert report.sent == 60 and len(smtp_server.messages) == 60
+    with engine.connect() as conn:  # the pool's one connection: the drain's
+        assert conn.exec_driver_sql("SHOW plan_cache_mode").scalar_one() == "auto"
+        plans = {name.rsplit("_", 1)[0]: (generic, custom) for name, generic, custom in conn.exec_driver_sql(
+            "SELECT name, generic_plans, custom_plans FROM pg_prepared_statements")}
+    assert plans["bg_ops_email_claim_first"] == (13, 0)  # 12 batches and the claim that found nothing
+    assert plans["bg_ops_email_sent"] == (12, 0)
+
+
 def test_cleanup_purges_old_sent_mail_but_keeps_failed(tenants, settings):
     with session_scope(tenants) as s:
         enqueue_many(s, [Email(company_id=1, to=[f"{n}@acme.example"], subject=n, text="t") for n in ("old", "new", "bad")],
