@@ -61,6 +61,12 @@ DEFAULT_INTAKE_MAX_BODY_BYTES = 1024 * 1024  # payment webhooks are a few KiB
 INTAKE_BODY_LIMITS = (1024, 64 * 1024 * 1024)
 DEFAULT_UI_BASE_URL = "http://127.0.0.1:3000"
 
+# A bare address in dot-atom form (no display name, comment, quote or space): the standard
+# parser (``email.utils.parseaddr``) returns ("", raw) for exactly these, so the message
+# builder and the SMTP client skip it for them.
+_ATEXT = r"[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]+"
+_LABEL = r"[A-Za-z0-9](?:[A-Za-z0-9-]*[A-Za-z0-9])?"
+BARE_ADDRESS = re.compile(rf"{_ATEXT}(?:\.{_ATEXT})*@{_LABEL}(?:\.{_LABEL})*")
 _ADDRESS_RE = re.compile(r"^[^@\s<>(),;:\"\[\]]+@[A-Za-z0-9](?:[A-Za-z0-9\-]*[A-Za-z0-9])?(?:\.[A-Za-z0-9](?:[A-Za-z0-9\-]*[A-Za-z0-9])?)*$")
 
 

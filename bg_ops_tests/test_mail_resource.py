@@ -108,6 +108,46 @@ def test_batch_of_five_arrives_on_one_connection_with_cc_and_bcc(smtp_server, sm
     wait_idle(smtp_server)
 
 
+@pytest.mark.parametrize("data", [
+    b"Subject: built\r\nMIME-Version: 1.0\r\n\r\nQmFzZTY0IGxpbmU=\r\n",  # as bg_ops builds them: sent as it is
+    b"Subject: dots\r\n\r\n.a line starting with a dot\r\n..and two\r\nend\r\n",  # dot-stuffed
+    b".the first line a dot\r\nand no line end at the end",
+    b"Subject: no end\r\n\r\nthe last line without its line end",
+])
+def test_the_lighter_smtp_client_delivers_what_smtplib_delivers(smtp_server, data):
+    """The client the resource uses skips smtplib's address parser for bare addresses and its
+    dot-stuffing for messages with no line starting with a dot: the server receives the same
+    envelope and the same bytes as from plain smtplib (with SIZE; a named recipient and a
+    quoted local part take smtplib's own way)."""
+    import smtplib
+
+    from bg_ops.resources.mail import _Smtp
+
+    recipients = ["a@example.com", "b.c+tag@sub.example.org", "Named One <d@example.com>", "\"quoted local\"@example.com"]
+    wire = []
+    for client in (smtplib.SMTP, _Smtp):
+        class Recording(client):
+            def send(self, s):  # every byte the client writes: commands and data
+                sent.append(s if isinstance(s, bytes) else s.encode("ascii"))
+                super().send(s)
+
+        sent: list[bytes] = []
+        smtp = Recording(smtp_server.host, smtp_server.port, timeout=10)
+        try:
+            smtp.ehlo()
+            assert smtp.has_extn("size")
+            smtp.sendmail("office@agency.test", recipients, data)
+        finally:
+            smtp.quit()
+        wire.append(b"".join(sent))
+    assert wire[1] == wire[0]  # byte for byte what plain smtplib writes
+    assert b"mail FROM:<office@agency.test> size=" in wire[0] and b"rcpt TO:<a@example.com>\r\n" in wire[0]
+    plain, lighter = smtp_server.messages
+    assert (lighter.mail_from, lighter.rcpt_tos, lighter.data) == (plain.mail_from, plain.rcpt_tos, plain.data)
+    assert plain.rcpt_tos == ("a@example.com", "b.c+tag@sub.example.org", "d@example.com", "\"quoted local\"@example.com")
+    assert plain.data.replace(b"\r\n", b"") == data.replace(b"\r\n", b"")
+
+
 def test_default_sender_is_used_when_message_has_no_from(smtp_server, smtp_mail):
     msg = make_message(to=["a@example.com"])
     del msg["From"]

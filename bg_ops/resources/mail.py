@@ -28,6 +28,7 @@ from typing import Literal, NoReturn
 
 import dagster as dg
 
+from bg_ops.settings import BARE_ADDRESS
 from bg_ops.util.masking import mask_emails, mask_emails_in_text
 
 log = logging.getLogger(__name__)
@@ -131,6 +132,50 @@ def _classify_smtp(exc: BaseException, where: str) -> MailError:
     return MailTransientError(f"{where}: {exc.__class__.__name__}: {exc}")
 
 
+class _LighterCommands:
+    """smtplib's client without two costs it pays on every message, where they change nothing.
+
+    ``mail`` and ``rcpt`` quote each address with ``email.utils.parseaddr`` (~30 us an
+    address); for a bare address (``BARE_ADDRESS``, all bg_ops sends: parsed when queued) that
+    parser returns it as it is, so ``<address>`` is written at once. ``data`` dot-stuffs the
+    message with a regular expression over every byte (~15 us a message); a message with no
+    line starting with "." (a built message: headers and base64) is sent as it is. Everything
+    else — SMTPUTF8, any other address, a message with such a line, text messages — goes
+    through smtplib's own code, as do the replies and their errors. B1 measured the client's
+    Python as a third of the drain's work on the sending thread.
+    """
+
+    def mail(self, sender, options=()):
+        if not BARE_ADDRESS.fullmatch(sender) or any(o.lower() == "smtputf8" for o in options):
+            return super().mail(sender, options)
+        self.putcmd("mail", f"FROM:<{sender}>{' ' + ' '.join(options) if options and self.does_esmtp else ''}")
+        return self.getreply()
+
+    def rcpt(self, recip, options=()):
+        if not BARE_ADDRESS.fullmatch(recip):
+            return super().rcpt(recip, options)
+        self.putcmd("rcpt", f"TO:<{recip}>{' ' + ' '.join(options) if options and self.does_esmtp else ''}")
+        return self.getreply()
+
+    def data(self, msg):
+        if not isinstance(msg, bytes) or msg.startswith(b".") or b"\n." in msg or self.debuglevel:
+            return super().data(msg)
+        self.putcmd("data")
+        code, reply = self.getreply()
+        if code != 354:
+            raise smtplib.SMTPDataError(code, reply)
+        self.send(msg + (b".\r\n" if msg.endswith(b"\r\n") else b"\r\n.\r\n"))
+        return self.getreply()
+
+
+class _Smtp(_LighterCommands, smtplib.SMTP):
+    pass
+
+
+class _SmtpSsl(_LighterCommands, smtplib.SMTP_SSL):
+    pass
+
+
 class _SmtpConnection(MailConnection):
     def __init__(self, resource: SmtpMailResource):
         self._resource = resource
@@ -142,9 +187,9 @@ class _SmtpConnection(MailConnection):
         smtp: smtplib.SMTP | None = None
         try:
             if r.security == "ssl":
-                smtp = smtplib.SMTP_SSL(r.host, r.port, timeout=r.timeout_seconds, context=r._ssl_context())
+                smtp = _SmtpSsl(r.host, r.port, timeout=r.timeout_seconds, context=r._ssl_context())
             else:
-                smtp = smtplib.SMTP(r.host, r.port, timeout=r.timeout_seconds)
+                smtp = _Smtp(r.host, r.port, timeout=r.timeout_seconds)
             smtp.ehlo()
             if r.security == "starttls":
                 smtp.starttls(context=r._ssl_context())

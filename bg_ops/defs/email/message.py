@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from email.utils import format_datetime, formataddr, getaddresses, parseaddr
 
-from bg_ops.settings import is_valid_address
+from bg_ops.settings import BARE_ADDRESS, is_valid_address
 
 CRLF = b"\r\n"
 
@@ -38,17 +38,13 @@ class Attachment:
     content_type: str | None = None
 
 
-# A bare address in dot-atom form (no display name, comment, quote or space): the standard
-# parser returns ("", raw) for exactly these, so they skip it (about 20 us each).
-_ATEXT = r"[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]+"
-_LABEL = r"[A-Za-z0-9](?:[A-Za-z0-9-]*[A-Za-z0-9])?"
-_BARE_ADDRESS = re.compile(rf"{_ATEXT}(?:\.{_ATEXT})*@{_LABEL}(?:\.{_LABEL})*")
+# A bare address in dot-atom form (``BARE_ADDRESS``) skips the standard parser (about 20 us each).
 # ``Display Name <bare address>`` with a name of atoms (ASCII atext or any non-ASCII text)
 # between single spaces: the standard parser returns (name, address) for these as they are
 # (about 25 us), so they skip it too.
 _NAME_ATOM = r"(?:[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]|[^\x00-\x7f])+"
 _NAMED_ADDRESS = re.compile(
-    rf"({_NAME_ATOM}(?: {_NAME_ATOM})*) <({_ATEXT}(?:\.{_ATEXT})*@{_LABEL}(?:\.{_LABEL})*)>")
+    rf"({_NAME_ATOM}(?: {_NAME_ATOM})*) <({BARE_ADDRESS.pattern})>")
 
 
 def parse_addresses(values: Iterable[str] | None, field: str) -> list[tuple[str, str]]:
@@ -56,7 +52,7 @@ def parse_addresses(values: Iterable[str] | None, field: str) -> list[tuple[str,
     naming the field and the bad value."""
     out: list[tuple[str, str]] = []
     for raw in values or ():
-        if isinstance(raw, str) and _BARE_ADDRESS.fullmatch(raw) and is_valid_address(raw):
+        if isinstance(raw, str) and BARE_ADDRESS.fullmatch(raw) and is_valid_address(raw):
             out.append(("", raw))
             continue
         named = _NAMED_ADDRESS.fullmatch(raw) if isinstance(raw, str) else None
