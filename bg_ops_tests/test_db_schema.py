@@ -182,3 +182,28 @@ def test_sqlite_runs_in_wal_mode_with_foreign_keys(sqlite_url):
     with engine.connect() as conn:
         assert conn.exec_driver_sql("PRAGMA journal_mode").scalar() == "wal"
         assert conn.exec_driver_sql("PRAGMA foreign_keys").scalar() == 1
+
+
+def test_no_email_index_but_the_lease_holds_mail_being_sent(db_url):
+    """0012: the failed list and the retention cleanup read partial indexes of their own; a
+    delivery (pending -> sending -> sent) writes no status index entry but the lease's and the
+    retention's, and the drain's look-ups of ``sending`` rows can only use the lease index."""
+    engine = get_engine(db_url)
+    migrate.upgrade(engine)
+    with engine.connect() as conn:
+        if engine.dialect.name == "postgresql":
+            found = dict(conn.execute(sa.text(
+                "SELECT indexname, indexdef FROM pg_indexes WHERE tablename = 'email_queue'")).all())
+        else:
+            found = dict(conn.execute(sa.text(
+                "SELECT name, sql FROM sqlite_master WHERE type = 'index' AND tbl_name = 'email_queue' "
+                "AND sql IS NOT NULL")).all())
+    partial = {name: d.split(" WHERE ", 1)[1] for name, d in found.items() if " WHERE " in d}
+    whole = {name for name, d in found.items() if " WHERE " not in d}
+    assert whole == {"pk_email_queue", "ix_email_queue_idempotency_key", "ix_email_queue_company_id_status"} - (
+        {"pk_email_queue"} if engine.dialect.name == "sqlite" else set())  # SQLite's own key is no index row
+    assert set(partial) == {"ix_email_queue_claim_order", "ix_email_queue_lease", "ix_email_queue_failed",
+                            "ix_email_queue_retention"}
+    assert "'failed'" in partial["ix_email_queue_failed"] and "sending" not in partial["ix_email_queue_failed"]
+    assert "'sent'" in partial["ix_email_queue_retention"] and "'canceled'" in partial["ix_email_queue_retention"]
+    assert "'sending'" in partial["ix_email_queue_lease"]

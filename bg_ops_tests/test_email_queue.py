@@ -439,6 +439,28 @@ def test_the_drain_claims_with_one_prepared_plan_and_leaves_the_connection_as_it
     assert plans["bg_ops_email_sent"] == (12, 0)
 
 
+def test_the_claim_takes_expired_leases_and_sending_rows_without_one_never_a_running_lease(tenants):
+    """A dead worker's rows (lease ended) and rows the platform wrote as ``sending`` with no lease
+    are claimed again, each through its own range of the lease index; a lease still running is not."""
+    from bg_ops.defs.email.delivery import claim_batch
+
+    now = datetime(2026, 12, 2, 12, 0, tzinfo=UTC)
+    base = {"company_id": 1, "to_addrs": ["a@acme.example"], "subject": "s", "body_text": "t", "locked_by": None}
+    with tenants.begin() as conn:
+        ids = conn.execute(sa.insert(q).returning(q.c.id, sort_by_parameter_order=True), [
+            {**base, "status": "sending", "locked_until": now - timedelta(seconds=1), "locked_by": "dead"},
+            {**base, "status": "sending", "locked_until": None},
+            {**base, "status": "sending", "locked_until": now + timedelta(minutes=4), "locked_by": "alive"},
+            {**base, "status": "pending", "locked_until": None},
+        ]).scalars().all()
+    claimed = claim_batch(tenants, now=now, worker_id="me", policy=DeliveryPolicy(batch_size=10))
+    assert sorted(r.id for r in claimed) == [ids[0], ids[1], ids[3]]
+    assert claim_batch(tenants, now=now, worker_id="me", policy=DeliveryPolicy(batch_size=10)) == []
+    with tenants.connect() as conn:
+        held = dict(conn.execute(sa.select(q.c.id, q.c.locked_by)).all())
+    assert held == {ids[0]: "me", ids[1]: "me", ids[2]: "alive", ids[3]: "me"}
+
+
 def test_cleanup_purges_old_sent_mail_but_keeps_failed(tenants, settings):
     with session_scope(tenants) as s:
         enqueue_many(s, [Email(company_id=1, to=[f"{n}@acme.example"], subject=n, text="t") for n in ("old", "new", "bad")],

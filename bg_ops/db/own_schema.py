@@ -76,7 +76,7 @@ email_queue = sa.Table(
     # claim reads ix_email_queue_claim_order, and each index holding status is written twice
     # per delivered mail.)
     sa.Index("ix_email_queue_company_id_status", "company_id", "status"),
-    sa.Index("ix_email_queue_status_failed_at", "status", "failed_at"),
+    # (0012 replaced (status, failed_at) by the two partial indexes below.)
 )
 
 # 0006: the delivery claim's send order within one priority (customer before internal, NULL
@@ -94,6 +94,20 @@ sa.Index(
 sa.Index(
     "ix_email_queue_lease", email_queue.c.locked_until,
     postgresql_where=email_queue.c.status == "sending", sqlite_where=email_queue.c.status == "sending",
+)
+
+# 0012: failed mail by when it failed (the failed list), and sent or canceled mail by status and
+# sent_at (the cleanup past the retention). Neither holds ``sending`` or ``pending`` rows, so a
+# delivery writes no entry here but the one for ``sent``, and no status query of the drain
+# reads one (B1).
+sa.Index(
+    "ix_email_queue_failed", email_queue.c.failed_at,
+    postgresql_where=email_queue.c.status == "failed", sqlite_where=email_queue.c.status == "failed",
+)
+sa.Index(
+    "ix_email_queue_retention", email_queue.c.status, email_queue.c.sent_at,
+    postgresql_where=email_queue.c.status.in_(("sent", "canceled")),
+    sqlite_where=email_queue.c.status.in_(("sent", "canceled")),
 )
 
 upload_queue = sa.Table(

@@ -186,12 +186,16 @@ def _first_due(now, limit):
         .limit(limit)
         for priority, rank in _PRIORITY.items()
     ]
-    branches.append(
-        sa.select(q.c.id, PRIORITY_RANK.label("p"), EMAIL_KIND_KEY.label("k"), EMAIL_DUE_AT.label("due"))
-        .where(q.c.status == "sending", sa.or_(q.c.locked_until.is_(None), q.c.locked_until < now))
-        .order_by(PRIORITY_RANK, EMAIL_KIND_KEY, EMAIL_DUE_AT, q.c.id)
-        .limit(limit)
-    )
+    # Expired leases, and (from plain SQL only) rows in ``sending`` with none, each its own range
+    # of ``ix_email_queue_lease``: as one ``IS NULL OR <`` condition the scan read the whole
+    # index, every lease still running and every entry delivered mail left behind.
+    for lease_ended in (q.c.locked_until < now, q.c.locked_until.is_(None)):
+        branches.append(
+            sa.select(q.c.id, PRIORITY_RANK.label("p"), EMAIL_KIND_KEY.label("k"), EMAIL_DUE_AT.label("due"))
+            .where(q.c.status == "sending", lease_ended)
+            .order_by(PRIORITY_RANK, EMAIL_KIND_KEY, EMAIL_DUE_AT, q.c.id)
+            .limit(limit)
+        )
     merged = sa.union_all(*branches).subquery("due_first")
     return sa.select(merged.c.id).order_by(merged.c.p, merged.c.k, merged.c.due, merged.c.id).limit(limit)
 
