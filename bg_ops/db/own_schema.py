@@ -38,6 +38,9 @@ email_queue = sa.Table(
     sa.Column("bcc_addrs", JSONType),
     sa.Column("reply_to", sa.Text),
     sa.Column("subject", sa.Text),
+    # 0013: on PostgreSQL both bodies are stored out of line uncompressed (STORAGE EXTERNAL) and
+    # rows toasted down to 512 bytes (toast_tuple_target): each delivery rewrites the row twice,
+    # and it carried ~2 KB of bodies every time.
     sa.Column("body_text", sa.Text),
     sa.Column("body_html", sa.Text),
     sa.Column("template", sa.Text),
