@@ -426,17 +426,24 @@ def test_a_drain_that_stops_early_gives_back_the_batch_it_claimed_ahead(pg_url, 
 def test_the_drain_claims_with_one_prepared_plan_and_leaves_the_connection_as_it_found_it(pg_url, settings, smtp_server, smtp_mail):
     """PostgreSQL: the claim and the record of sent mail are prepared statements, the claim run on
     one generic plan for the whole drain (left to choose, PostgreSQL planned it anew every batch);
-    the setting that asks for it is reset before the connection goes back to the pool."""
+    a batch's sent mail is recorded in the statement that claims the batch after next, so the
+    drain runs one statement a batch; the settings it makes are reset before the connection goes
+    back to the pool."""
     engine = _seed(pg_url, settings, 60)
     report = deliver_due(engine, smtp_mail, clock=Clock(datetime.now(UTC)), settings=settings,
                          policy=DeliveryPolicy(batch_size=5))
     assert report.sent == 60 and len(smtp_server.messages) == 60
     with engine.connect() as conn:  # the pool's one connection: the drain's
         assert conn.exec_driver_sql("SHOW plan_cache_mode").scalar_one() == "auto"
+        assert conn.exec_driver_sql("SHOW bytea_output").scalar_one() == "hex"
         plans = {name.rsplit("_", 1)[0]: (generic, custom) for name, generic, custom in conn.exec_driver_sql(
             "SELECT name, generic_plans, custom_plans FROM pg_prepared_statements")}
-    assert plans["bg_ops_email_claim_first"] == (13, 0)  # 12 batches and the claim that found nothing
-    assert plans["bg_ops_email_sent"] == (12, 0)
+    # 13 statements for 12 batches: the first two claims (batch 1, then batch 2 while 1 is sent),
+    # ten that record batch n and claim batch n + 2, one that records batch 11 and finds nothing
+    # more, and the record of batch 12.
+    assert plans["bg_ops_email_claim_first"] == (2, 0)
+    assert plans["bg_ops_email_sent_claim_first"] == (11, 0)
+    assert plans["bg_ops_email_sent"] == (1, 0)
 
 
 def test_a_delivered_row_is_rewritten_without_its_bodies_and_every_body_arrives_whole(pg_url, settings, smtp_server,
@@ -468,6 +475,73 @@ def test_a_delivered_row_is_rewritten_without_its_bodies_and_every_body_arrives_
     # Three versions of each row are in the heap (queued, sending, sent) until vacuumed: ~550
     # bytes a mail in all now; with the bodies in line (before 0013) ~6,000.
     assert heap / 120 < 1500, f"{heap / 120:.0f} heap bytes per queued mail"
+
+
+def _queued(engine, settings, n, now):
+    with session_scope(engine) as s:
+        enqueue_many(s, [Email(company_id=1, to=[f"u{i}@acme.example"], subject=f"m{i}", text="t")
+                         for i in range(n)], now=now, settings=settings)
+
+
+def test_a_drain_stops_at_its_batch_limit_or_time_budget_having_sent_every_batch_it_claimed(
+        tenants, settings, smtp_server, smtp_mail):
+    """Both databases (on PostgreSQL the next batch is claimed while one is sent): the batch limit
+    and the time budget are checked before each claim; nothing is claimed that is not sent, so
+    what is left is pending with no attempt counted, and every mail sent is recorded."""
+    _queued(tenants, settings, 40, T0)
+    report = deliver_due(tenants, smtp_mail, clock=Clock(T0), settings=settings,
+                         policy=DeliveryPolicy(batch_size=5), max_batches=3)
+    assert (report.batches, report.claimed, report.sent, report.stopped_because) == (3, 15, 15, "batch limit reached")
+    assert sorted(subjects(smtp_server)) == sorted(f"m{i}" for i in range(15))
+
+    class Ticking(Clock):  # 10 s pass at every look at the clock
+        def __call__(self):
+            self.advance(seconds=10)
+            return self.now
+
+    report = deliver_due(tenants, smtp_mail, clock=Ticking(T0), settings=settings,
+                         policy=DeliveryPolicy(batch_size=5, time_budget_seconds=35))
+    assert report.stopped_because == "time budget spent"
+    assert report.sent == report.claimed == 5 * report.batches and 1 <= report.batches < 5
+    sent = 15 + report.sent
+    assert len(smtp_server.messages) == sent and len(set(subjects(smtp_server))) == sent
+    by_status = Counter((status, attempts) for status, attempts in rows(tenants, q.c.status, q.c.attempts))
+    assert by_status == {("sent", 1): sent, ("pending", 0): 40 - sent}
+
+
+def test_a_drain_that_breaks_mid_batch_gives_back_the_batch_claimed_ahead(tenants, settings, smtp_server, smtp_mail):
+    """An unexpected error in the send loop (a bug, an interrupt) ends the drain: the batches sent
+    before it are recorded, the batch on the wire stays ``sending`` until its lease ends (it may
+    have gone out), and on PostgreSQL the batch claimed ahead is given back at once."""
+    from bg_ops.resources.mail import SmtpMailResource
+
+    class BreaksAtTheSeventhMail(SmtpMailResource):
+        def _open(self):
+            conn, sends = super()._open(), []
+            real = conn.send_raw
+
+            def send_raw(*args):
+                sends.append(1)
+                if len(sends) == 7:
+                    raise RuntimeError("the worker broke")
+                real(*args)
+
+            conn.send_raw = send_raw
+            return conn
+
+    _queued(tenants, settings, 20, T0)
+    mail = BreaksAtTheSeventhMail(**smtp_mail.model_dump())
+    with pytest.raises(RuntimeError, match="the worker broke"):
+        deliver_due(tenants, mail, clock=Clock(T0), settings=settings, policy=DeliveryPolicy(batch_size=5))
+    assert sorted(subjects(smtp_server)) == sorted(f"m{i}" for i in range(6))
+    states = Counter((status, attempts) for status, attempts in rows(tenants, q.c.status, q.c.attempts))
+    # Batch 1 sent and recorded; batch 2 stays claimed (one mail of it out) until its lease ends;
+    # the claim ahead (batch 3, PostgreSQL only) is pending again with its attempt not counted.
+    assert states == {("sent", 1): 5, ("sending", 1): 5, ("pending", 0): 10}
+    later = deliver_due(tenants, smtp_mail, clock=Clock(T0 + timedelta(minutes=6)), settings=settings,
+                        policy=DeliveryPolicy(batch_size=5))
+    assert later.sent == 15
+    assert Counter(subjects(smtp_server)) == {**{f"m{i}": 1 for i in range(20)}, "m5": 2}  # the one out twice
 
 
 def test_the_claim_takes_expired_leases_and_sending_rows_without_one_never_a_running_lease(tenants):
