@@ -544,6 +544,29 @@ def test_a_drain_that_breaks_mid_batch_gives_back_the_batch_claimed_ahead(tenant
     assert Counter(subjects(smtp_server)) == {**{f"m{i}": 1 for i in range(20)}, "m5": 2}  # the one out twice
 
 
+def test_a_drain_whose_progress_callback_fails_gives_back_the_batch_claimed_ahead(tenants, settings, smtp_server,
+                                                                                   smtp_mail):
+    """``on_batch`` (the CLI's progress bar, the op's log) raising stops the drain: every mail sent
+    is recorded or stays ``sending`` until its lease, and no claimed batch is left unsent."""
+    _queued(tenants, settings, 20, T0)
+
+    def fails(report):
+        raise RuntimeError("progress display broke")
+
+    with pytest.raises(RuntimeError, match="progress display broke"):
+        deliver_due(tenants, smtp_mail, clock=Clock(T0), settings=settings, policy=DeliveryPolicy(batch_size=5),
+                    on_batch=fails)
+    states = Counter((status, attempts) for status, attempts in rows(tenants, q.c.status, q.c.attempts))
+    if tenants.dialect.name == "postgresql":
+        # Batch 1's outcome arrives with the claim of batch 3, after batch 2 went out: batch 1
+        # sent, batch 2 out and waiting for its lease, batch 3 given back.
+        assert len(smtp_server.messages) == 10
+        assert states == {("sent", 1): 5, ("sending", 1): 5, ("pending", 0): 10}
+    else:  # claimed, sent and recorded in turn
+        assert len(smtp_server.messages) == 5
+        assert states == {("sent", 1): 5, ("pending", 0): 15}
+
+
 def test_the_claim_takes_expired_leases_and_sending_rows_without_one_never_a_running_lease(tenants):
     """A dead worker's rows (lease ended) and rows the platform wrote as ``sending`` with no lease
     are claimed again, each through its own range of the lease index; a lease still running is not."""

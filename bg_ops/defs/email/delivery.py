@@ -596,9 +596,9 @@ def _drain_pipelined(db: sa.Connection, smtp: MailConnection, *, clock: Clock, s
             outcomes = send_batch(rows, smtp, now=now, settings=settings, companies=companies)
             total.claimed += len(rows)
             report, rows = pending.result()
-            pending = None
             if report is not None:
-                _add_batch(total, report, on_batch)
+                _add_batch(total, report, on_batch)  # should it raise, the rows just claimed are given back
+            pending = None
             now = next_at
             if reason:
                 rows = []  # nothing was claimed: the budget or the batch limit says stop
