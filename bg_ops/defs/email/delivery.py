@@ -14,9 +14,10 @@
 - **Record** the batch's outcomes, one statement per kind of outcome: sent; transient errors
   back to ``pending`` with exponential backoff and jitter until ``max_attempts``; permanent
   errors ``failed``. On PostgreSQL the delivery loop runs each statement as its own
-  transaction (one round trip each). A worker that dies mid-batch leaves its rows
-  ``sending``: when the lease ends they are claimed again, never lost. On PostgreSQL the
-  next claim and the last batch's record run on a thread of their own while a batch is sent
+  transaction (one round trip each), and the mail sent is recorded by the statement that
+  claims the next batch but one (``record_then_claim``): one statement a batch. A worker that
+  dies mid-batch leaves its rows ``sending``: when the lease ends they are claimed again,
+  never lost. On PostgreSQL that step runs on a thread of its own while a batch is sent
   (``deliver_due``), so a crash can leave two batches sent and unrecorded: sent twice, never
   more.
 """
