@@ -509,6 +509,28 @@ def test_a_drain_stops_at_its_batch_limit_or_time_budget_having_sent_every_batch
     assert by_status == {("sent", 1): sent, ("pending", 0): 40 - sent}
 
 
+def test_a_batch_whose_lease_ran_out_while_it_was_sent_is_recorded_sent_and_never_sent_more_than_twice(
+        tenants, settings, smtp_server, smtp_mail):
+    """A slow relay or a long batch: each look at the clock moves it 200 s, so a batch's lease
+    (300 s) has ended before its outcome is written. The drain still records every mail sent
+    (on PostgreSQL in the statement that claims the batch after next, which must not claim the
+    rows it records), sends each one once or, when its lease ended while it was on the wire,
+    twice, and ends because nothing is due."""
+    class Slow(Clock):
+        def __call__(self):
+            self.advance(seconds=200)
+            return self.now
+
+    _queued(tenants, settings, 8, T0)
+    report = deliver_due(tenants, smtp_mail, clock=Slow(T0), settings=settings,
+                         policy=DeliveryPolicy(batch_size=2, lease_seconds=300, time_budget_seconds=10**6))
+    assert report.stopped_because == "nothing due"
+    sends = Counter(subjects(smtp_server))
+    assert set(sends) == {f"m{i}" for i in range(8)} and max(sends.values()) <= 2
+    assert {status for (status,) in rows(tenants, q.c.status)} == {"sent"}
+    assert report.sent == sum(sends.values()) and report.batches <= 8
+
+
 def test_a_drain_that_breaks_mid_batch_gives_back_the_batch_claimed_ahead(tenants, settings, smtp_server, smtp_mail):
     """An unexpected error in the send loop (a bug, an interrupt) ends the drain: the batches sent
     before it are recorded, the batch on the wire stays ``sending`` until its lease ends (it may

@@ -212,14 +212,19 @@ def _next_free(now, priority: str, limit):
     )
 
 
+def _first_claimed(*conditions):
+    """The first due rows in send order, locked ``SKIP LOCKED`` and checked due again."""
+    return (sa.select(q.c.id).where(q.c.id.in_(_first_due(_NOW, _LIMIT)), due_condition(_NOW), *conditions)
+            .with_for_update(skip_locked=True))
+
+
 @functools.cache
 def _claim_statements() -> dict:
     """{"generic": …, "first": …, "<priority>": …}: parameters now, limit, locked_until, worker_id."""
     generic = _candidates(_NOW, _LIMIT).with_for_update(skip_locked=True)
-    first = sa.select(q.c.id).where(q.c.id.in_(_first_due(_NOW, _LIMIT)), due_condition(_NOW))
     statements = {
         "generic": _claim(generic.scalar_subquery(), CLAIM_COLUMNS),
-        "first": _claim(first.with_for_update(skip_locked=True).scalar_subquery()),
+        "first": _claim(_first_claimed().scalar_subquery()),
     }
     for priority in _PRIORITY:
         statements[priority] = _claim(_next_free(_NOW, priority, _LIMIT).scalar_subquery())
@@ -247,13 +252,16 @@ def _driver_statements(dialect: sa.Dialect) -> dict:
     out["sent"] = DriverStatement(sent, dialect, ("ids", "now"), prepare="bg_ops_email_sent")
     # The drain's usual step: the last batch's sent mail recorded and the next batch claimed in
     # one statement (one round trip, one transaction, one plan a batch instead of two). The
-    # record is a data-modifying CTE: it runs whether or not the claim reads it, and on the same
-    # snapshot, so the claim never sees the rows it marks (they were ``sending`` and stay out of
-    # the claim's reach either way: a row the CTE updates is skipped by the claim's lock).
-    recorded = _sent(q.c.id == sa.any_(sa.bindparam("sent_ids", type_=ARRAY(sa.BigInteger())))).cte("recorded")
+    # record is a data-modifying CTE: it runs whether or not the claim reads it, on the same
+    # snapshot, where the rows it marks are still ``sending``. Those rows must be kept out of
+    # the claim: one whose lease ran out while its batch was sent (a slow relay, a long batch)
+    # is due again, and PostgreSQL, asked to update a row twice in one statement, keeps one of
+    # the updates: the claim's, which would send it again and lose its record, batch after batch.
+    sent_ids = sa.bindparam("sent_ids", type_=ARRAY(sa.BigInteger()))
+    recorded = _sent(q.c.id == sa.any_(sent_ids)).cte("recorded")
     out["sent_then_first"] = DriverStatement(
-        statements["first"].add_cte(recorded), dialect, (*_CLAIM_PARAMETERS, "sent_ids"),
-        prepare="bg_ops_email_sent_claim_first")
+        _claim(_first_claimed(q.c.id != sa.all_(sent_ids)).scalar_subquery()).add_cte(recorded), dialect,
+        (*_CLAIM_PARAMETERS, "sent_ids"), prepare="bg_ops_email_sent_claim_first")
     _DRIVER_STATEMENTS[key] = out
     return out
 
