@@ -212,3 +212,31 @@ def test_no_email_index_but_the_lease_holds_mail_being_sent(db_url):
     assert "'failed'" in partial["ix_email_queue_failed"] and "sending" not in partial["ix_email_queue_failed"]
     assert "'sent'" in partial["ix_email_queue_retention"] and "'canceled'" in partial["ix_email_queue_retention"]
     assert "'sending'" in partial["ix_email_queue_lease"]
+
+
+def test_the_failed_list_and_the_retention_cleanup_read_their_partial_indexes(db_url):
+    """Both databases: the planner uses ix_email_queue_failed for the failed list and
+    ix_email_queue_retention for the cleanup (SQLite uses a partial index only when the query
+    names its condition: the cleanup's does)."""
+    from bg_ops.defs.email import admin
+
+    engine = get_engine(db_url)
+    migrate.upgrade(engine)
+    cutoff = datetime(2026, 9, 1, tzinfo=UTC)
+    cleanup = sa.select(email_queue.c.id).where(admin.past_retention(cutoff)).limit(100)
+    failed = (sa.select(email_queue.c.id).where(email_queue.c.status == "failed")
+              .order_by(email_queue.c.failed_at.desc(), email_queue.c.id.desc()).limit(50))
+    with engine.connect() as conn:
+        if engine.dialect.name == "postgresql":
+            conn.exec_driver_sql("SET enable_seqscan = off")  # an empty table: ask whether an index can serve
+            explain = "EXPLAIN "
+        else:
+            explain = "EXPLAIN QUERY PLAN "
+
+        def plan(stmt) -> str:
+            compiled = stmt.compile(engine, compile_kwargs={"literal_binds": True})
+            return "\n".join(str(row[-1]) for row in conn.exec_driver_sql(explain + str(compiled)))
+
+        cleanup_plan, failed_plan = plan(cleanup), plan(failed)
+    assert "ix_email_queue_retention" in cleanup_plan, cleanup_plan
+    assert "ix_email_queue_failed" in failed_plan, failed_plan
