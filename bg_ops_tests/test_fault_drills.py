@@ -47,7 +47,6 @@ from bg_ops.resources.files import FilesResource
 from bg_ops.resources.mail import SmtpMailResource
 from bg_ops.util.content_hash import content_hash_file
 from bg_ops_tests.support.postgres_server import serve_postgres
-from bg_ops_tests.support.waiting import wait_for
 
 T0 = datetime(2026, 11, 23, 9, 0, tzinfo=UTC)
 MAIL_FROM = "bg_ops <no-reply@bg-ops.example>"
@@ -250,19 +249,19 @@ def test_a_delivery_run_that_meets_postgres_down_says_why_and_its_op_retry_deliv
     run_id = str(uuid.uuid4())
     with dg.instance_for_test() as instance:
 
-        def back_once_the_step_waits_for_its_retry():
-            wait_for(lambda: instance.all_logs(run_id, of_type=dg.DagsterEventType.STEP_UP_FOR_RETRY),
-                     timeout=120, what="the delivery op to fail and wait for its retry")
-            pg.resume()
+        def back_once_the_step_waits_for_its_retry(entry) -> None:
+            # Called by the instance as it records each event of the run, in the run's own thread:
+            # the database comes back the moment the failed step is set to retry.
+            event = entry.dagster_event
+            if event is not None and event.event_type == dg.DagsterEventType.STEP_UP_FOR_RETRY and not pg.is_running():
+                pg.resume()
 
+        instance.add_event_listener(run_id, back_once_the_step_waits_for_its_retry)
         pg.halt()
-        restarter = threading.Thread(target=back_once_the_step_waits_for_its_retry)
-        restarter.start()
         try:
             result = send_due_emails_job.execute_in_process(instance=instance, resources=resources, run_id=run_id,
                                                             raise_on_error=False)
         finally:
-            restarter.join(timeout=130)
             if not pg.is_running():
                 pg.resume()
         assert result.success

@@ -23,7 +23,7 @@ from bg_ops.defs.billing.signatures import signature_header, sign
 from bg_ops.defs.email.enqueue import MailSettings
 from bg_ops_tests.support.payments import KIWI_FINANCE, events, invoice, queued, seed_world, stripe_event
 from bg_ops_tests.support.postgres_server import free_port
-from bg_ops_tests.support.waiting import wait_for
+from bg_ops_tests.support.waiting import OutputWatch
 
 CURRENT = "whsec_current_7f3a9c1e55b24d08"
 NEXT = "whsec_next_0b81d4e2a96c4f7d"
@@ -324,17 +324,10 @@ def test_bg_ops_intake_serve_runs_the_endpoint(tmp_path, capsys, monkeypatch):
     bg_ops = Path(sys.executable).with_name("bg-ops")
     proc = subprocess.Popen([str(bg_ops), "intake", "serve", "--port", str(port)], env=env, cwd=tmp_path,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    stderr = OutputWatch(proc.stderr, "bg-ops intake serve")
     try:
-        def healthy():
-            conn = http.client.HTTPConnection("127.0.0.1", port, timeout=2)
-            try:
-                conn.request("GET", "/health")
-                return conn.getresponse().status == 200
-            finally:
-                conn.close()
-
-        wait_for(healthy, timeout=30, what="bg-ops intake serve", interval=0.1,
-                 alive=lambda: None if proc.poll() is None else f"exited with {proc.returncode}")
+        # uvicorn says so once its socket listens (and the stream ends if the command exits).
+        stderr.wait_for_line(r"Uvicorn running on", timeout=30, what="bg-ops intake serve to listen")
         client = Client(port)
         payload = stripe_event("evt_cli", "INV-1")
         payload["data"]["object"]["customer_email"] = PAYER
@@ -343,8 +336,8 @@ def test_bg_ops_intake_serve_runs_the_endpoint(tmp_path, capsys, monkeypatch):
         assert client.post(b'{"id":"big","pad":"' + b"y" * 5000 + b'"}', {"Payment-Signature": "t=1,v1=" + "0" * 64})[0] == 413
     finally:
         proc.terminate()
-        out, err = proc.communicate(timeout=20)
-    logs = out + err
+        proc.wait(timeout=20)
+    logs = proc.stdout.read() + stderr.text()
     assert "payment event evt_cli (stripe) stored" in logs and "reason=bad signature" in logs
     for secret_or_data in (CURRENT, NEXT, "whsec_forged", PAYER, "127.0.0.1:"):
         assert secret_or_data not in logs.replace(f"http://127.0.0.1:{port}", "")
