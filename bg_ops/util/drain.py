@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator, Sequence
-from concurrent.futures import Future
 from datetime import datetime
 from typing import Protocol
 
@@ -13,17 +12,15 @@ class DrainReport(Protocol):
     stopped_because: str
 
 
-Submit = Callable[..., Future]
-
-
-def run_now(fn: Callable, *args, **kwargs) -> Future:
-    """``Executor.submit`` without an executor: run ``fn`` at once, return its done future."""
-    future: Future = Future()
-    try:
-        future.set_result(fn(*args, **kwargs))
-    except BaseException as exc:  # noqa: BLE001 - handed to whoever reads the future
-        future.set_exception(exc)
-    return future
+def stop_reason(start: datetime, now: datetime, *, claimed: int, time_budget_seconds: float,
+                max_batches: int | None) -> str:
+    """Why a drain that began at ``start`` and has claimed ``claimed`` batches must claim no
+    more at ``now`` ("" when it may go on). Checked before each claim."""
+    if (now - start).total_seconds() >= time_budget_seconds:
+        return "time budget spent"
+    if max_batches is not None and claimed >= max_batches:
+        return "batch limit reached"
+    return ""
 
 
 def claimed_batches(
@@ -33,53 +30,28 @@ def claimed_batches(
     time_budget_seconds: float,
     max_batches: int | None,
     report: DrainReport,
-    submit: Submit | None = None,
-    release: Callable[[Sequence], None] | None = None,
 ) -> Iterator[tuple[datetime, Sequence]]:
     """Yield ``(now, rows)`` for each claimed batch until nothing is due, the time budget is
     spent or ``max_batches`` batches were claimed; say which in ``report.stopped_because``.
 
-    Without ``submit`` each batch is claimed here once the caller is done with the one before.
-    With an executor's ``submit`` the next batch is claimed in the background as soon as a
-    batch is handed out, while the caller works on it; a batch claimed that way is always
-    handed out, so the budget may be passed by the one batch already claimed, never leaving
-    rows to wait for their lease. When the caller stops early (an error), a batch claimed but
-    not handed out is given to ``release``.
+    Each batch is claimed here once the caller is done with the one before. (The PostgreSQL
+    email drain claims ahead on a thread of its own: ``bg_ops.defs.email.delivery``.)
     """
     start = clock()
     claimed = 0
-    ahead = submit is not None
-    run = submit or run_now
-
-    def ask() -> tuple[str, tuple[datetime, Future] | None]:
-        now = clock()
-        if (now - start).total_seconds() >= time_budget_seconds:
-            return "time budget spent", None
-        if max_batches is not None and claimed >= max_batches:
-            return "batch limit reached", None
-        return "", (now, run(claim, now))
-
-    reason, pending = ask()
+    reason = ""
     try:
-        while pending is not None:
-            now, future = pending
-            pending = None
-            rows = future.result()
+        while True:
+            now = clock()
+            reason = stop_reason(start, now, claimed=claimed, time_budget_seconds=time_budget_seconds,
+                                 max_batches=max_batches)
+            if reason:
+                break
+            rows = claim(now)
             if not rows:
                 reason = "nothing due"
                 break
             claimed += 1
-            if ahead:
-                reason, pending = ask()
             yield now, rows
-            if not ahead:
-                reason, pending = ask()
     finally:
         report.stopped_because = reason
-        if pending is not None and release is not None:
-            try:  # best effort: otherwise the rows wait for their lease to end
-                rows = pending[1].result()
-                if rows:
-                    release(rows)
-            except Exception:  # noqa: BLE001 - the error that stopped the caller matters more
-                pass

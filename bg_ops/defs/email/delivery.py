@@ -61,7 +61,7 @@ from bg_ops.defs.email.rendering import TemplateError, render
 from bg_ops.resources.mail import MailConnection, MailError, MailResource
 from bg_ops.util.files import MissingFile, UnsafePath
 from bg_ops.util.backoff import jittered_backoff
-from bg_ops.util.drain import claimed_batches
+from bg_ops.util.drain import claimed_batches, stop_reason
 from bg_ops.util.masking import mask_emails_in_text
 
 log = logging.getLogger("bg_ops.email")
@@ -286,8 +286,7 @@ def claim_batch(conn_or_engine, *, now: datetime, worker_id: str, policy: Delive
               "locked_until": now + timedelta(seconds=policy.lease_seconds)}
     with _transaction(conn_or_engine) as conn:
         if conn.dialect.name != "postgresql":
-            if sent_ids:
-                conn.execute(_record_statements()["sent"], {"ids": sent_ids, "now": now})
+            _record_sent(conn, sent_ids or [], now=now)
             rows = conn.execute(statements["generic"], params).all()
         else:
             params["now"], params["locked_until"] = to_utc(now), to_utc(params["locked_until"])
@@ -435,12 +434,19 @@ def record_outcomes(conn_or_engine, outcomes: list[_Outcome], *, now: datetime, 
                     rng: random.Random) -> DeliveryReport:
     report, sent, retries, failures = _outcome_rows(outcomes, now=now, policy=policy, rng=rng)
     with _transaction(conn_or_engine) as conn:
-        if sent and conn.dialect.name == "postgresql":
-            _driver_statements(conn.dialect)["sent"].rows(conn, {"ids": sent, "now": to_utc(now)})
-        elif sent:
-            conn.execute(_record_statements()["sent"], {"ids": sent, "now": now})
+        _record_sent(conn, sent, now=now)
         _write_unsent(conn, retries, failures, now=now)
     return report
+
+
+def _record_sent(conn: sa.Connection, ids: list[int], *, now: datetime) -> None:
+    """Mark these messages sent (on PostgreSQL the prepared statement on the driver's cursor)."""
+    if not ids:
+        return
+    if conn.dialect.name == "postgresql":
+        _driver_statements(conn.dialect)["sent"].rows(conn, {"ids": ids, "now": to_utc(now)})
+    else:
+        conn.execute(_record_statements()["sent"], {"ids": ids, "now": now})
 
 
 def _outcome_rows(outcomes: list[_Outcome], *, now: datetime, policy: DeliveryPolicy, rng: random.Random):
@@ -487,8 +493,7 @@ def record_then_claim(db: sa.Connection, outcomes: list[_Outcome] | None, *, now
                 _write_unsent(conn, retries, failures, now=now)
     if claim:
         return report, claim_batch(db, now=now, worker_id=worker_id, policy=policy, sent_ids=sent)
-    if sent:
-        _driver_statements(db.dialect)["sent"].rows(db, {"ids": sent, "now": to_utc(now)})
+    _record_sent(db, sent, now=now)
     return report, []
 
 
@@ -569,12 +574,9 @@ def _drain_pipelined(db: sa.Connection, smtp: MailConnection, *, clock: Clock, s
     start = clock()
     claimed = 0
 
-    def stop_reason(now: datetime) -> str:
-        if (now - start).total_seconds() >= policy.time_budget_seconds:
-            return "time budget spent"
-        if max_batches is not None and claimed >= max_batches:
-            return "batch limit reached"
-        return ""
+    def why_stop(now: datetime) -> str:
+        return stop_reason(start, now, claimed=claimed, time_budget_seconds=policy.time_budget_seconds,
+                           max_batches=max_batches)
 
     executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="bg_ops-email-db")
 
@@ -585,7 +587,7 @@ def _drain_pipelined(db: sa.Connection, smtp: MailConnection, *, clock: Clock, s
     pending: Future | None = None  # the step under way: the last batch's record and the next claim
     try:
         now = clock()
-        if reason := stop_reason(now):
+        if reason := why_stop(now):
             total.stopped_because = reason
             return
         pending = step(None, now, True)
@@ -597,7 +599,7 @@ def _drain_pipelined(db: sa.Connection, smtp: MailConnection, *, clock: Clock, s
             claimed += 1
             # Ask for the next batch (and record the one before) while this one is sent.
             next_at = clock()
-            reason = stop_reason(next_at)
+            reason = why_stop(next_at)
             pending = step(outcomes, next_at, not reason)
             outcomes = None
             needs_names = {r.company_id for r in rows if r.raw_message is None and r.template}
