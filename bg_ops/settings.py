@@ -25,6 +25,7 @@ ENV_VARS = (
     "BG_OPS_SMTP_USERNAME",
     "BG_OPS_SMTP_PASSWORD",
     "BG_OPS_SMTP_TIMEOUT",
+    "BG_OPS_SMTP_PIPELINING",
     "BG_OPS_MAIL_FROM",
     "BG_OPS_ADMIN_EMAILS",
     "BG_OPS_STORAGE_BACKEND",
@@ -108,6 +109,7 @@ class Settings:
     dropbox_root: str
     dropbox_app_key: str | None
     home: Path
+    smtp_pipelining: bool = True
     intake_max_body_bytes: int = DEFAULT_INTAKE_MAX_BODY_BYTES
     ui_base_url: str = DEFAULT_UI_BASE_URL  # links to runs in alert mails
     # Maintenance (O4, O5): retention of bg_ops's tables and Dagster's history; database backups.
@@ -220,6 +222,16 @@ def load_settings(
         except ValueError:
             problems.append(
                 f"BG_OPS_SMTP_TIMEOUT={raw!r} is not valid: use seconds between 0 and 600, e.g. 30"
+            )
+    smtp_pipelining = True
+    if get("BG_OPS_SMTP_PIPELINING") is not None:
+        raw = get("BG_OPS_SMTP_PIPELINING")
+        if raw.lower() in ("on", "off"):
+            smtp_pipelining = raw.lower() == "on"
+        else:
+            problems.append(
+                f"BG_OPS_SMTP_PIPELINING={raw!r} is not valid: use 'on' (default: pipeline commands "
+                "when the server offers PIPELINING) or 'off' (one command at a time)"
             )
     smtp_host = get("BG_OPS_SMTP_HOST")
     smtp_username = get("BG_OPS_SMTP_USERNAME")
@@ -362,6 +374,7 @@ def load_settings(
         smtp_security=smtp_security,
         smtp_username=smtp_username,
         smtp_timeout=smtp_timeout,
+        smtp_pipelining=smtp_pipelining,
         mail_from=mail_from,
         admin_emails=tuple(admin_emails),
         storage_backend=storage_backend,

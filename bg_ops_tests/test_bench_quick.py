@@ -63,8 +63,10 @@ def test_bench_quick_runs_prints_one_table_and_every_check_passes(tmp_path):
         assert figure["value"] > 0 and figure["limit"] > 0, figure
     n = b1["checks"]["n"]
     assert b1["checks"]["every_mail_delivered_exactly_once"] is True
-    # 2 paths x 2 batch sizes x 1 and 2 workers, each checked on its own.
-    assert len(b1["checks"]["deliveries"]) == 8
+    # 2 paths x 2 batch sizes x 1 and 2 workers, and (a) at batch 20 with pipelining off on 1
+    # and 2 workers, each checked on its own.
+    assert len(b1["checks"]["deliveries"]) == 10
+    assert {"a_w1_b20_nopipe", "a_w2_b20_nopipe"} <= set(b1["checks"]["deliveries"])
     for run, check in b1["checks"]["deliveries"].items():
         assert check["sink_count"] == n == check["sink_distinct"], run
         assert check["rows_by_status"] == {"sent": n}, run

@@ -74,6 +74,14 @@ def wait_idle(server: FakeSmtpServer) -> None:
     assert server.wait_until(lambda s: s.active_connections == 0, timeout=3), "client left a connection open"
 
 
+@pytest.fixture(params=[True, False], ids=["pipelining", "no-pipelining"])
+def smtp_server(request, smtp_server_factory) -> FakeSmtpServer:
+    """Every test here against a server that offers PIPELINING (RFC 2920), as production
+    relays do, and one that does not: the client pipelines with the first, goes one command
+    at a time with the second, and must behave the same with both."""
+    return smtp_server_factory(pipelining=request.param)
+
+
 # -- (a) a batch over one connection -------------------------------------------------
 
 
@@ -98,6 +106,7 @@ def test_batch_of_five_arrives_on_one_connection_with_cc_and_bcc(smtp_server, sm
         assert got.message["Message-ID"] == sent["Message-ID"]
         assert header_addresses(got.message, "To") == [f"parent{i}@example.com"]
         assert header_addresses(got.message, "Cc") == [f"teacher{i}@school.test"]
+        assert got.pipelined is smtp_server.pipelining
         # Bcc is an envelope recipient only: no header, no trace of the address in the data.
         assert got.message["Bcc"] is None
         assert b"audit@agency.test" not in got.data
@@ -146,6 +155,81 @@ def test_the_lighter_smtp_client_delivers_what_smtplib_delivers(smtp_server, dat
     assert (lighter.mail_from, lighter.rcpt_tos, lighter.data) == (plain.mail_from, plain.rcpt_tos, plain.data)
     assert plain.rcpt_tos == ("a@example.com", "b.c+tag@sub.example.org", "d@example.com", "\"quoted local\"@example.com")
     assert plain.data.replace(b"\r\n", b"") == data.replace(b"\r\n", b"")
+
+
+def _recording_client(host: str, port: int):
+    """bg_ops's SMTP client class, keeping every write it makes (commands and data)."""
+    from bg_ops.resources.mail import _Smtp
+
+    class Recording(_Smtp):
+        def send(self, s):
+            self.writes.append(s if isinstance(s, bytes) else s.encode("ascii"))
+            super().send(s)
+
+    Recording.writes = []
+    smtp = Recording(host, port, timeout=10)
+    smtp.writes = []
+    return smtp
+
+
+def test_with_pipelining_the_envelope_and_data_leave_in_one_write_and_arrive_as_from_smtplib(smtp_server_factory):
+    """RFC 2920: MAIL FROM, every RCPT TO and DATA in one write, the message and its dot in a
+    second: the server receives the same envelope and bytes as from plain smtplib, which
+    waits for a reply after each command."""
+    import smtplib
+
+    server = smtp_server_factory(pipelining=True)
+    data = b"Subject: dots\r\n\r\n.a line starting with a dot\r\nend\r\n"
+    recipients = ["a@example.com", "b.c+tag@sub.example.org"]
+    plain = smtplib.SMTP(server.host, server.port, timeout=10)
+    lighter = _recording_client(server.host, server.port)
+    for smtp in (plain, lighter):
+        try:
+            smtp.ehlo()
+            assert smtp.has_extn("pipelining") and smtp.has_extn("size")
+            assert smtp.sendmail("office@agency.test", recipients, data) == {}
+        finally:
+            smtp.quit()
+    assert lighter.writes[1:3] == [
+        f"MAIL FROM:<office@agency.test> SIZE={len(data)}\r\n"
+        "RCPT TO:<a@example.com>\r\nRCPT TO:<b.c+tag@sub.example.org>\r\nDATA\r\n".encode(),
+        b"Subject: dots\r\n\r\n..a line starting with a dot\r\nend\r\n.\r\n",
+    ]
+    from_plain, from_lighter = server.messages
+    assert (from_plain.pipelined, from_lighter.pipelined) == (False, True)
+    assert (from_lighter.mail_from, from_lighter.rcpt_tos, from_lighter.data) == (
+        from_plain.mail_from, from_plain.rcpt_tos, from_plain.data)
+
+
+def test_pipelining_off_sends_one_command_at_a_time_to_a_server_that_offers_it(smtp_server_factory):
+    server = smtp_server_factory(pipelining=True)
+    resource = SmtpMailResource(host=server.host, port=server.port, security="none", timeout_seconds=5,
+                                mail_from="office@agency.test", pipelining=False)
+    with resource.connect() as conn:
+        conn.send(make_message(to=["a@example.com"]))
+    (got,) = server.messages
+    assert got.pipelined is False
+    assert "pipelining off" in resource.describe()
+
+
+@pytest.mark.parametrize("refusals", [{"a@example.com": 550}, {"a@example.com": 451, "b@example.com": 550}])
+def test_a_server_that_accepts_data_after_refusing_every_recipient_gets_an_empty_message(smtp_server_factory,
+                                                                                         refusals):
+    """RFC 2920 3.1: when DATA was pipelined behind recipients that were all refused and the
+    server still answers 354, the client ends the empty message with a dot, nothing is
+    delivered, the refusal is reported as smtplib reports it, and the session goes on."""
+    server = smtp_server_factory(pipelining=True, data_without_recipients=True)
+    server.refuse_recipients(refusals)
+    resource = SmtpMailResource(host=server.host, port=server.port, security="none", timeout_seconds=5,
+                                mail_from="office@agency.test")
+    with resource.connect() as conn:
+        with pytest.raises(MailPermanentError) as excinfo:  # a 5xx among the refusals
+            conn.send(make_message(to=list(refusals)))
+        conn.send(make_message(to=["ok@example.com"]))
+    assert excinfo.value.smtp_code in refusals.values()
+    assert server.bodies_without_recipients == [b""]  # the dot alone, not the message
+    assert [r.rcpt_tos for r in server.messages] == [("ok@example.com",)]
+    assert server.connections == 1
 
 
 def test_default_sender_is_used_when_message_has_no_from(smtp_server, smtp_mail):

@@ -34,6 +34,17 @@ def test_smtp_port_follows_security_unless_set(tmp_path):
     assert (s.smtp_port, s.smtp_timeout) == (2525, 7.5)
 
 
+def test_smtp_pipelining_is_on_unless_turned_off_and_reaches_the_resource(tmp_path):
+    from bg_ops.resources.factory import mail_resource
+
+    env = {"BG_OPS_MAIL_BACKEND": "smtp", "BG_OPS_SMTP_HOST": "mail.example.com"}
+    assert load_settings(env, cwd=tmp_path).smtp_pipelining is True
+    assert mail_resource(load_settings(env, cwd=tmp_path)).pipelining is True
+    off = load_settings({**env, "BG_OPS_SMTP_PIPELINING": "Off"}, cwd=tmp_path)
+    assert off.smtp_pipelining is False
+    assert mail_resource(off).pipelining is False
+
+
 @pytest.mark.parametrize(
     "env, variable, fix",
     [
@@ -44,6 +55,7 @@ def test_smtp_port_follows_security_unless_set(tmp_path):
         ({"BG_OPS_SMTP_PORT": "smtp"}, "BG_OPS_SMTP_PORT", "1-65535"),
         ({"BG_OPS_SMTP_SECURITY": "tls"}, "BG_OPS_SMTP_SECURITY", "'starttls'"),
         ({"BG_OPS_SMTP_TIMEOUT": "-1"}, "BG_OPS_SMTP_TIMEOUT", "seconds"),
+        ({"BG_OPS_SMTP_PIPELINING": "yes"}, "BG_OPS_SMTP_PIPELINING", "'off'"),
         (
             {"BG_OPS_MAIL_BACKEND": "smtp", "BG_OPS_SMTP_HOST": "h", "BG_OPS_SMTP_USERNAME": "u"},
             "BG_OPS_SMTP_PASSWORD",

@@ -178,6 +178,7 @@ def config_show(ctx: click.Context, as_json: bool) -> None:
             "username": s.smtp_username,
             "password_set": "BG_OPS_SMTP_PASSWORD" in s.secrets_set,
             "timeout_seconds": s.smtp_timeout,
+            "pipelining": s.smtp_pipelining,
         },
         "mail_from": s.mail_from,
         "admin_emails": list(s.admin_emails),

@@ -26,6 +26,7 @@ def mail_resource(settings: Settings) -> MailResource:
             username=settings.smtp_username,
             password=_secret(settings, "BG_OPS_SMTP_PASSWORD"),
             timeout_seconds=settings.smtp_timeout,
+            pipelining=settings.smtp_pipelining,
             mail_from=settings.mail_from,
             admin_emails=list(settings.admin_emails),
         )

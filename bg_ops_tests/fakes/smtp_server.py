@@ -68,6 +68,8 @@ class ReceivedMessage:
     connection_id: int  # 1-based number of the SMTP connection (session) that delivered it
     tls: bool  # delivered over STARTTLS or implicit TLS
     auth_login: str | None  # the AUTH user of that connection, if any
+    # RCPT TO and DATA had already arrived when MAIL FROM was read: the client pipelined them.
+    pipelined: bool = False
 
     @property
     def session(self) -> int:
@@ -97,6 +99,7 @@ class _FakeSMTP(SMTP):
         self.fake_registered = False
         self.fake_connection_id = 0
         self.fake_fault: _Fault | None = None
+        self.fake_pipelined = False
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         super().connection_made(transport)
@@ -115,6 +118,22 @@ class _FakeSMTP(SMTP):
         """The TCP transport (below TLS when STARTTLS was issued)."""
         return self._original_transport or self.transport
 
+    async def smtp_DATA(self, arg: str) -> None:
+        if self.fake.data_without_recipients and self.envelope is not None and not self.envelope.rcpt_tos:
+            # A server breaking RFC 2920's SHOULD: 354 although no recipient was accepted.
+            await self.push("354 End data with <CR><LF>.<CR><LF>")
+            lines = []
+            while (line := await self._reader.readuntil(b"\r\n")) != b".\r\n":
+                lines.append(line)
+            self.fake._data_without_recipients(b"".join(lines))
+            await self.push("554 5.5.1 Error: no valid recipients")
+            return
+        await super().smtp_DATA(arg)
+
+    def input_waiting(self) -> bytes:
+        """What the client sent that the server has not read yet (asyncio's reader buffer)."""
+        return bytes(getattr(self._reader, "_buffer", b""))
+
     def uses_tls(self) -> bool:
         transport = self.transport
         return transport is not None and transport.get_extra_info("ssl_object") is not None
@@ -124,7 +143,14 @@ class _Handler:
     def __init__(self, fake: FakeSmtpServer):
         self._fake = fake
 
+    async def handle_EHLO(self, server: _FakeSMTP, session, envelope, hostname: str, responses: list[str]):
+        session.host_name = hostname
+        if self._fake.pipelining:
+            responses.insert(-1, "250-PIPELINING")
+        return responses
+
     async def handle_MAIL(self, server: _FakeSMTP, session, envelope, address: str, mail_options):
+        server.fake_pipelined = b"DATA" in server.input_waiting().upper()
         if self._fake.username is not None and not session.authenticated:
             return "530 5.7.0 Authentication required"
         server.fake_fault = self._fake._take_fault()
@@ -187,7 +213,11 @@ class FakeSmtpServer:
     TLS from the first byte). ``cert_path`` is a self-signed certificate for localhost and
     127.0.0.1 that a client can trust as its CA file. With ``username`` set the server offers
     AUTH LOGIN and PLAIN (over plain TCP too) and refuses MAIL FROM before a successful
-    AUTH with 530.
+    AUTH with 530. ``pipelining`` (default on, as production relays) offers PIPELINING
+    (RFC 2920); aiosmtpd reads pipelined commands one after another as they come.
+    ``data_without_recipients`` makes it answer 354 to a DATA after every recipient was
+    refused (RFC 2920 says it SHOULD NOT), read what follows up to the dot, keep it in
+    ``bodies_without_recipients`` and answer 554.
     """
 
     def __init__(
@@ -199,6 +229,8 @@ class FakeSmtpServer:
         password: str | None = None,
         server_hostname: str = "localhost",
         idle_timeout: float = 60.0,
+        pipelining: bool = True,
+        data_without_recipients: bool = False,
     ):
         if tls not in ("none", "starttls", "ssl"):
             raise ValueError(f"tls must be none, starttls or ssl, not {tls!r}")
@@ -208,6 +240,9 @@ class FakeSmtpServer:
         self.password = password if password is not None else ""
         self._server_hostname = server_hostname
         self._idle_timeout = idle_timeout
+        self.pipelining = pipelining
+        self.data_without_recipients = data_without_recipients
+        self._bodies_without_recipients: list[bytes] = []
 
         # Re-entrant so wait_until's predicate can use the public properties.
         self._lock = threading.RLock()
@@ -240,7 +275,9 @@ class FakeSmtpServer:
             server_ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
             server_ctx.load_cert_chain(cert, key)
 
-        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        # IPPROTO_TCP named: asyncio sets TCP_NODELAY only on sockets whose proto says TCP, and
+        # without it the second of two pipelined replies waits for the client's delayed ACK.
+        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_TCP)
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         sock.bind((self._bind_host, 0))
         self._port = sock.getsockname()[1]
@@ -317,6 +354,11 @@ class FakeSmtpServer:
     def messages(self) -> list[ReceivedMessage]:
         with self._lock:
             return list(self._messages)
+
+    @property
+    def bodies_without_recipients(self) -> list[bytes]:
+        with self._lock:
+            return list(self._bodies_without_recipients)
 
     @property
     def connections(self) -> int:
@@ -463,11 +505,17 @@ class FakeSmtpServer:
             connection_id=server.fake_connection_id,
             tls=server.uses_tls(),
             auth_login=auth if isinstance(auth, str) else None,
+            pipelined=server.fake_pipelined,
         )
         with self._changed:
             self._messages.append(record)
             self._changed.notify_all()
             return next(self._ids)
+
+    def _data_without_recipients(self, body: bytes) -> None:
+        with self._changed:
+            self._bodies_without_recipients.append(body)
+            self._changed.notify_all()
 
     def _on_connect(self, server: _FakeSMTP) -> int:
         with self._changed:
