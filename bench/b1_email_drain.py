@@ -15,11 +15,11 @@ and SMTP connection) and with two batch sizes: 200 (the size this benchmark stat
 goal) and the job's default 20. The limit measured in the same run is plain ``smtplib``
 sending the same N mails of the workload, pre-built as bytes, over the same number of
 connections (2 connections = 2 processes) to the same sink. It is measured right before each
-delivery run, four times per connection count and round, and the limit is the best of those:
+delivery run, five times per connection count and round, and the limit is the best of those:
 other processes on a shared machine only ever slow a measurement down, so the best one is the
 closest to what the machine can do, and a burst of load during one baseline cannot make a
 delivery run look faster than its limit. By the same reasoning each delivery run is made
-twice in full (once in quick), in two rounds over all eight runs, and its best round counts.
+twice in full (once in quick), in two rounds over all ten runs, and its best round counts.
 The baselines send as many mails as the drains (until 2026-12-06 they sent 5,000 against
 drains of 20,000): the best of sixteen runs of 2-4 s measured the machine's fast spells as
 much as smtplib — a short run can fall inside one, a long drain averages over them (one

@@ -252,7 +252,7 @@ def test_message_without_recipients_is_permanent_and_opens_no_connection(smtp_se
 # -- (b) SMTP reply codes --------------------------------------------------------------
 
 
-@pytest.mark.parametrize("stage", ["mail", "rcpt", "data"])
+@pytest.mark.parametrize("stage", ["mail", "rcpt", "data_command", "data"])
 def test_451_is_transient_and_the_batch_goes_on_on_the_same_connection(smtp_server, smtp_mail, stage):
     smtp_server.fail_next(1, code=451, stage=stage)
     first = make_message(to=["first@example.com"])
@@ -271,7 +271,7 @@ def test_451_is_transient_and_the_batch_goes_on_on_the_same_connection(smtp_serv
     assert smtp_server.connections == 1
 
 
-@pytest.mark.parametrize("stage", ["mail", "rcpt", "data"])
+@pytest.mark.parametrize("stage", ["mail", "rcpt", "data_command", "data"])
 def test_421_is_transient_and_the_next_message_reconnects(smtp_server, smtp_mail, stage):
     smtp_server.fail_next(1, code=421, stage=stage)
     second = make_message(to=["second@example.com"])
@@ -288,7 +288,8 @@ def test_421_is_transient_and_the_next_message_reconnects(smtp_server, smtp_mail
     assert received[0].connection_id == 2
 
 
-@pytest.mark.parametrize(("code", "stage"), [(550, "data"), (554, "data"), (550, "mail"), (554, "rcpt")])
+@pytest.mark.parametrize(("code", "stage"), [(550, "data"), (554, "data"), (550, "mail"), (554, "rcpt"),
+                                             (554, "data_command")])
 def test_5xx_is_permanent_and_the_batch_goes_on(smtp_server, smtp_mail, code, stage):
     smtp_server.fail_next(1, code=code, stage=stage)
     second = make_message(to=["second@example.com"])
@@ -321,7 +322,7 @@ def test_server_text_quoting_an_address_is_masked(smtp_server, smtp_mail):
 
 
 @pytest.mark.parametrize("rst", [True, False], ids=["reset", "fin"])
-@pytest.mark.parametrize("stage", ["mail", "data"])
+@pytest.mark.parametrize("stage", ["mail", "data_command", "data"])
 def test_a_drop_mid_transaction_reconnects_once_and_delivers_exactly_once(smtp_server, smtp_mail, stage, rst):
     smtp_server.drop_next(1, stage=stage, rst=rst)
     msg = make_message(to=["parent@example.com"])
@@ -389,6 +390,18 @@ def test_all_recipients_refused_with_4xx_is_transient(smtp_server, smtp_mail):
         smtp_mail.send(make_message(to=["full.mailbox@example.com"]))
     assert excinfo.value.smtp_code == 452
     assert smtp_server.messages == []
+
+
+def test_a_recipient_in_to_and_cc_is_one_envelope_recipient_and_its_4xx_stays_transient(smtp_server, smtp_mail):
+    """Listed twice, a refused address counted once passed for "one recipient accepted": the
+    message went on to DATA and its 503 made a temporary refusal permanent."""
+    smtp_server.refuse_recipients({"full.mailbox@example.com": 452})
+    with pytest.raises(MailTransientError) as excinfo:
+        smtp_mail.send(make_message(to=["full.mailbox@example.com"], cc=["full.mailbox@example.com"]))
+    assert excinfo.value.smtp_code == 452
+    smtp_mail.send(make_message(to=["twice@example.com"], bcc=["twice@example.com"]))
+    (got,) = smtp_server.messages
+    assert got.rcpt_tos == ("twice@example.com",)
 
 
 def test_some_recipients_refused_delivers_to_the_others_once_and_logs_masked(smtp_server, smtp_mail, caplog):

@@ -211,14 +211,15 @@ class _LighterCommands:
                 break
         mail, rcpts = replies[0], replies[1 : 1 + len(recipients)]
         refused = {r: reply for r, reply in zip(recipients, rcpts, strict=False) if reply[0] not in (250, 251)}
+        none_accepted = not any(code in (250, 251) for code, _ in rcpts)
         closed = len(replies) < len(group)
-        if not closed and replies[-1][0] == 354 and (mail[0] != 250 or len(refused) == len(recipients)):
+        if not closed and replies[-1][0] == 354 and (mail[0] != 250 or none_accepted):
             # RFC 2920 3.1: DATA accepted with nothing to send: an empty message, never delivered.
             self.send(b".\r\n")
             self.getreply()
         if mail[0] != 250:
             raise smtplib.SMTPSenderRefused(mail[0], mail[1], sender)
-        if closed or len(refused) == len(recipients):
+        if closed or none_accepted:
             raise smtplib.SMTPRecipientsRefused(refused)
         data = replies[-1]
         if data[0] != 354:
@@ -281,13 +282,16 @@ class _SmtpConnection(MailConnection):
         return smtp
 
     def send(self, message: EmailMessage) -> None:
-        recipients = recipients_of(message)
+        # An address in both To and Cc is one envelope recipient: listed twice, its refusal
+        # counted once would pass for "some recipients accepted" (smtplib counts so too).
+        recipients = list(dict.fromkeys(recipients_of(message)))
         if not recipients:
             raise MailPermanentError("message has no recipients")
         sender = _addr(message.get("Sender") or message.get("From") or self._resource.mail_from)
         self._transmit(lambda smtp: smtp.send_message(message, from_addr=sender, to_addrs=recipients), recipients)
 
     def send_raw(self, envelope_from: str, recipients: list[str], data: bytes) -> None:
+        recipients = list(dict.fromkeys(recipients))  # as in send()
         if not recipients:
             raise MailPermanentError("message has no recipients")
         self._transmit(lambda smtp: smtp.sendmail(envelope_from, recipients, data), recipients)

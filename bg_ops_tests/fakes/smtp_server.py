@@ -7,7 +7,8 @@ AUTH, MAIL/RCPT/DATA, RSET, QUIT and reconnects.
 
 Faults are queued per *transaction* (one MAIL FROM ... DATA exchange, i.e. one message
 attempt): each MAIL FROM takes the next queued fault, which then fires at its ``stage``
-("mail", "rcpt" or "data"). A transaction that ends before reaching that stage (for example
+("mail", "rcpt", "data_command": the DATA command itself, before 354, or "data": the end of
+the message). A transaction that ends before reaching that stage (for example
 every recipient refused) still used the fault up. A client that retries a message therefore
 meets the *next* fault on its retry, so ``drop_next(2)`` defeats one reconnect.
 
@@ -41,10 +42,10 @@ from aiosmtpd.controller import Controller
 from aiosmtpd.smtp import SMTP, AuthResult, LoginPassword
 from bg_ops_tests.support.tls import make_self_signed_cert
 
-Stage = Literal["mail", "rcpt", "data"]
+Stage = Literal["mail", "rcpt", "data_command", "data"]
 TlsMode = Literal["none", "starttls", "ssl"]
 
-_STAGES = ("mail", "rcpt", "data")
+_STAGES = ("mail", "rcpt", "data_command", "data")
 _DEFAULT_TEXT = {
     421: "4.3.2 Service not available, closing transmission channel",
     450: "4.2.1 Mailbox unavailable, try again later",
@@ -119,6 +120,12 @@ class _FakeSMTP(SMTP):
         return self._original_transport or self.transport
 
     async def smtp_DATA(self, arg: str) -> None:
+        if self.envelope is not None and self.envelope.rcpt_tos:
+            status = await self.fake._apply_fault(self, "data_command")
+            if status is not None:
+                self.fake_fault = None
+                await self.push(status)
+                return
         if self.fake.data_without_recipients and self.envelope is not None and not self.envelope.rcpt_tos:
             # A server breaking RFC 2920's SHOULD: 354 although no recipient was accepted.
             await self.push("354 End data with <CR><LF>.<CR><LF>")
@@ -150,7 +157,7 @@ class _Handler:
         return responses
 
     async def handle_MAIL(self, server: _FakeSMTP, session, envelope, address: str, mail_options):
-        server.fake_pipelined = b"DATA" in server.input_waiting().upper()
+        server.fake_pipelined = b"\r\nDATA\r\n" in b"\r\n" + server.input_waiting().upper()  # a DATA line
         if self._fake.username is not None and not session.authenticated:
             return "530 5.7.0 Authentication required"
         server.fake_fault = self._fake._take_fault()
