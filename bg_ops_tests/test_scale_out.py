@@ -192,7 +192,7 @@ def test_webserver_daemon_and_code_server_as_separate_processes_share_postgresql
 
     def wait(predicate, timeout: float, what: str):
         try:
-            return wait_for(predicate, timeout=timeout, what=what, interval=0.5, alive=dead)
+            return wait_for(predicate, timeout=timeout, what=what, wake_on=list(logs.values()), alive=dead)
         except WaitTimeout as exc:
             tails = "\n".join(f"--- {n}\n{p.read_text()[-1500:]}" for n, p in logs.items() if p.exists())
             pytest.fail(f"{exc}\n{tails}")

@@ -21,7 +21,7 @@ from pathlib import Path
 import pytest
 
 from bg_ops_tests.support.postgres_server import free_port
-from bg_ops_tests.support.waiting import WaitTimeout, wait_for
+from bg_ops_tests.support.waiting import WaitTimeout, group_members, wait_for, wait_group_gone
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -73,18 +73,10 @@ def stop_process_group(proc: subprocess.Popen, grace: float = 20) -> None:
     except subprocess.TimeoutExpired:
         pass
 
-    def group_gone() -> bool:
-        try:
-            os.killpg(proc.pid, 0)
-        except ProcessLookupError:
-            return True
-        return False
-
-    try:
-        wait_for(group_gone, timeout=grace, what="dagster dev to stop")
-    except WaitTimeout:
+    if not wait_group_gone(proc.pid, grace):
         os.killpg(proc.pid, signal.SIGKILL)
-        wait_for(group_gone, timeout=10, what="the killed process group to go")
+        if not wait_group_gone(proc.pid, 10):
+            raise WaitTimeout(f"process group {proc.pid} still has {group_members(proc.pid)} after SIGKILL")
     proc.wait(timeout=5)
 
 
@@ -112,8 +104,9 @@ class DevServer:
         return graphql(self.port, query, variables)
 
     def wait_until(self, predicate: Callable, timeout: float, what: str):
-        """Poll ``predicate`` until truthy; fail the test with the log's tail if it never is
-        or if ``make dev`` exits."""
+        """Wait until ``predicate`` is truthy, checking it again whenever a file under the
+        test's folder changes (dagster dev's log, its storage, the app database, outbox);
+        fail the test with the log's tail if it never is or if ``make dev`` exits."""
 
         def alive():
             if self.proc.poll() is not None:
@@ -121,7 +114,7 @@ class DevServer:
             return None
 
         try:
-            return wait_for(predicate, timeout=timeout, what=what, interval=0.5, alive=alive)
+            return wait_for(predicate, timeout=timeout, what=what, wake_on=[self.log], alive=alive)
         except WaitTimeout as exc:
             pytest.fail(f"{exc}\n{self.log.read_text()[-4000:]}")
 

@@ -1,17 +1,21 @@
 """Waiting for an outside process to reach a state.
 
 ``wait_for_line`` blocks on the process's own output (a server saying it listens) and wakes
-the moment the line comes or the process ends. ``wait_for`` polls a condition for what no
-process tells (a state read over HTTP, a process group gone): only for other processes,
-never for our own work, which tests drive with a clock they pass in or wait on directly.
+the moment the line comes or the process ends. ``wait_for`` checks a state read from other
+processes (over HTTP) again each time they write a file: their logs and storage.
+``wait_group_gone`` waits on each process's exit through a pidfd. Nothing here sleeps; our
+own work, tests drive with a clock they pass in or wait on directly.
 """
 
 from __future__ import annotations
 
+import os
 import re
+import select
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
+from pathlib import Path
 from typing import IO, TypeVar
 
 T = TypeVar("T")
@@ -21,33 +25,128 @@ class WaitTimeout(AssertionError):
     pass
 
 
+class FileChanges:
+    """Wakes a waiter whenever a file in ``paths`` (a file, or a folder and all below it) is
+    written, created, moved or deleted (inotify, through watchdog). Reads are not changes: a
+    waiter whose check reads the watched files must not wake itself."""
+
+    _KINDS = frozenset({"modified", "created", "deleted", "moved", "closed"})  # "closed": after a write
+
+    def __init__(self, paths: Sequence[Path]) -> None:
+        from watchdog.events import FileSystemEventHandler
+        from watchdog.observers import Observer
+
+        self._changed = threading.Event()
+        outer = self
+
+        class Handler(FileSystemEventHandler):
+            def __init__(self, only: str | None) -> None:
+                self._only = only  # a watched file: the other files of its folder do not count
+
+            def on_any_event(self, event) -> None:
+                if event.event_type in FileChanges._KINDS and self._only in (None, event.src_path):
+                    outer._changed.set()
+
+        self._observer = Observer()
+        for path in paths:
+            if path.is_dir():
+                self._observer.schedule(Handler(None), str(path), recursive=True)
+            else:
+                self._observer.schedule(Handler(str(path)), str(path.parent), recursive=False)
+        self._observer.start()
+
+    def wait(self, timeout: float) -> bool:
+        """True when something changed since the last wait (at once if it already had)."""
+        changed = self._changed.wait(timeout)
+        self._changed.clear()
+        return changed
+
+    def close(self) -> None:
+        self._observer.stop()
+        self._observer.join(5)
+
+    def __enter__(self) -> FileChanges:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
 def wait_for(
     predicate: Callable[[], T],
     *,
     timeout: float,
     what: str,
-    interval: float = 0.25,
+    wake_on: Sequence[Path],
     alive: Callable[[], str | None] | None = None,
+    recheck: float = 5.0,
 ) -> T:
     """Return the first truthy value of ``predicate()``; exceptions count as "not yet".
 
-    ``alive`` returns an error text when the thing being waited on has died, to stop early.
+    The check runs again each time a file under ``wake_on`` changes: the other processes'
+    logs and storage, which every state change we wait for writes. ``recheck`` bounds the
+    wait between checks for state a process holds only in memory. ``alive`` returns an
+    error text when the thing being waited on has died, to stop early.
     """
     deadline = time.monotonic() + timeout
     last_error: BaseException | None = None
-    while True:
-        if alive is not None and (dead := alive()):
-            raise WaitTimeout(f"gave up waiting for {what}: {dead}")
-        try:
-            value = predicate()
-            if value:
-                return value
-        except Exception as exc:  # noqa: BLE001 - not ready yet
-            last_error = exc
-        if time.monotonic() >= deadline:
-            raise WaitTimeout(f"timed out after {timeout:.0f}s waiting for {what} (last error: {last_error!r})")
-        time.sleep(interval)
+    with FileChanges(wake_on) as changes:
+        while True:
+            if alive is not None and (dead := alive()):
+                raise WaitTimeout(f"gave up waiting for {what}: {dead}")
+            try:
+                value = predicate()
+                if value:
+                    return value
+            except Exception as exc:  # noqa: BLE001 - not ready yet
+                last_error = exc
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                raise WaitTimeout(f"timed out after {timeout:.0f}s waiting for {what} (last error: {last_error!r})")
+            changes.wait(min(recheck, remaining))
 
+
+def group_members(pgid: int) -> list[int]:
+    """The live (not zombie) processes of process group ``pgid``, read from /proc."""
+    members = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text()
+        except OSError:  # gone meanwhile
+            continue
+        fields = stat[stat.rindex(")") + 2 :].split()  # after "pid (comm) "
+        if fields[0] != "Z" and int(fields[2]) == pgid:
+            members.append(int(entry.name))
+    return members
+
+
+def wait_group_gone(pgid: int, timeout: float) -> bool:
+    """Wait until process group ``pgid`` has no live process; False on timeout.
+
+    Each member's exit is waited on through a pidfd (the kernel marks it readable when the
+    process ends); the group is read again after each exit, since a member may have started
+    another."""
+    deadline = time.monotonic() + timeout
+    while members := group_members(pgid):
+        poller = select.poll()
+        fds = []
+        for pid in members:
+            try:
+                fd = os.pidfd_open(pid)
+            except ProcessLookupError:
+                continue
+            fds.append(fd)
+            poller.register(fd, select.POLLIN)
+        try:
+            remaining = deadline - time.monotonic()
+            if fds and (remaining <= 0 or not poller.poll(remaining * 1000)):
+                return False
+        finally:
+            for fd in fds:
+                os.close(fd)
+    return True
 
 
 class OutputWatch:
