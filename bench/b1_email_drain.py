@@ -59,7 +59,6 @@ from bench.common import (
 NAME = "b1_email_drain"
 TITLE = "B1 email drain"
 SIZES = {"quick": 300, "full": 20_000}
-BASELINE_SIZES = SIZES  # the limit sends the same N mails as the drain
 ROUNDS = {"quick": 1, "full": 2}  # every delivery run this many times, rounds apart; each side's best counts
 BATCH_SIZES = (200, 20)  # 200: the size stated for the goal; 20: the job's default
 STATED_BATCH = 200
@@ -198,7 +197,7 @@ def _install_probes() -> Probes:
     return _PROBES
 
 
-def prepare_delivery(url: str, host: str, port: int, batch_size: int, worker: int, pipelining: bool = True):
+def prepare_delivery(url: str, host: str, port: int, batch_size: int, worker: int, pipelining: bool):
     """One delivery worker: its own engine and SMTP connection, running ``deliver_due``."""
     import sqlalchemy as sa
 
@@ -296,7 +295,7 @@ def _baseline(pool: WorkerPool, sink: SmtpSink, n: int, connections: int, tag: s
 
 
 def _delivery(pool: WorkerPool, sink: SmtpSink, pg: BenchPostgres, template: str, n: int,
-              workers: int, batch_size: int, pipelining: bool = True) -> dict:
+              workers: int, batch_size: int, pipelining: bool) -> dict:
     name = pg.fresh_database(template)
     try:
         url = pg.url(name)
@@ -339,6 +338,11 @@ def _delivery(pool: WorkerPool, sink: SmtpSink, pg: BenchPostgres, template: str
     }
 
 
+def _key(r: dict) -> str:
+    """A delivery configuration's name in the result: a_w2_b20, a_w2_b20_nopipe, …"""
+    return f"{r['path']}_w{r['workers']}_b{r['batch_size']}" + ("" if r["pipelining"] else "_nopipe")
+
+
 def run(size: str, pg: BenchPostgres) -> BenchResult:
     n = SIZES[size]
     result = BenchResult(NAME, TITLE, size)
@@ -355,13 +359,12 @@ def run(size: str, pg: BenchPostgres) -> BenchResult:
 
     sink = SmtpSink().start()
     pool = WorkerPool(max(WORKERS))
-    n_base = BASELINE_SIZES[size]
     runs = []
     try:
         for round_ in range(ROUNDS[size]):
             for path, batch, w, pipelining in CONFIGS:
                 template = tpl_a if path == "a" else tpl_b
-                b = _baseline(pool, sink, n_base, w, f"{path}-{batch}-{int(pipelining)}-{round_}")
+                b = _baseline(pool, sink, n, w, f"{path}-{batch}-{int(pipelining)}-{round_}")
                 r = _delivery(pool, sink, pg, template, n, w, batch, pipelining)
                 r["path"], r["baseline"], r["round"] = path, b, round_
                 runs.append(r)
@@ -376,7 +379,7 @@ def run(size: str, pg: BenchPostgres) -> BenchResult:
         pg.drop(tpl_a)
         pg.drop(tpl_b)
 
-    details["baseline_n"] = n_base
+    details["baseline_n"] = n
     details["baselines"] = [r["baseline"] for r in runs]
     best = {w: max(r["baseline"]["mails_per_s"] for r in runs if r["workers"] == w) for w in WORKERS}
     details["limit_mails_per_s"] = {str(w): best[w] for w in WORKERS}
@@ -410,16 +413,15 @@ def run(size: str, pg: BenchPostgres) -> BenchResult:
             limit_label=f"smtplib, {w} conn{'s' if w > 1 else ''}", ratio=round(ratio, 3),
             goal=f">= {goal:.2f}" if pipelining else "-", ok=ok, note=note,
         ))
-        details["runs"][f"{path}_w{w}_b{batch}" + ("" if pipelining else "_nopipe")] = r
+        details["runs"][_key(r)] = r
 
     checks = {
         "n": n,
         "deliveries": {
-            f"{r['path']}_w{r['workers']}_b{r['batch_size']}" + ("" if r["pipelining"] else "_nopipe")
-            + (f"_round{r['round'] + 1}" if r["round"] else ""):
+            _key(r) + (f"_round{r['round'] + 1}" if r["round"] else ""):
             {"sink_count": r["sink_count"], "sink_distinct": r["sink_distinct"],
              "rows_by_status": r["rows_by_status"], "ok": r["ok"]} for r in runs},
-        "baselines": [{"n": n_base, "connections": b["connections"], "sink_count": b["sink_count"],
+        "baselines": [{"n": n, "connections": b["connections"], "sink_count": b["sink_count"],
                        "sink_distinct": b["sink_distinct"], "ok": b["ok"]} for b in details["baselines"]],
     }
     checks["every_mail_delivered_exactly_once"] = all(r["ok"] for r in runs)

@@ -150,8 +150,8 @@ class _LighterCommands:
     address); for a bare address (``BARE_ADDRESS``, all bg_ops sends: parsed when queued) that
     parser returns it as it is, so ``<address>`` is written at once. ``data`` dot-stuffs the
     message with a regular expression over every byte (~15 us a message); a message with no
-    line starting with "." (a built message: headers and base64) is sent as it is. Everything
-    else — SMTPUTF8, any other address, a message with such a line, text messages — goes
+    line starting with "." (a built message: headers and base64) is sent as it is
+    (``_data_payload``). Everything else — SMTPUTF8, any other address, text messages — goes
     through smtplib's own code, as do the replies and their errors. B1 measured the client's
     Python as a third of the drain's work on the sending thread.
 
@@ -179,7 +179,7 @@ class _LighterCommands:
         return self.getreply()
 
     def data(self, msg):
-        if not isinstance(msg, bytes) or msg.startswith(b".") or b"\n." in msg or self.debuglevel:
+        if not isinstance(msg, bytes) or self.debuglevel:
             return super().data(msg)
         self.putcmd("data")
         code, reply = self.getreply()
@@ -282,27 +282,25 @@ class _SmtpConnection(MailConnection):
         return smtp
 
     def send(self, message: EmailMessage) -> None:
-        # An address in both To and Cc is one envelope recipient: listed twice, its refusal
-        # counted once would pass for "some recipients accepted" (smtplib counts so too).
-        recipients = list(dict.fromkeys(recipients_of(message)))
-        if not recipients:
-            raise MailPermanentError("message has no recipients")
         sender = _addr(message.get("Sender") or message.get("From") or self._resource.mail_from)
-        self._transmit(lambda smtp: smtp.send_message(message, from_addr=sender, to_addrs=recipients), recipients)
+        self._transmit(lambda smtp, to: smtp.send_message(message, from_addr=sender, to_addrs=to),
+                       recipients_of(message))
 
     def send_raw(self, envelope_from: str, recipients: list[str], data: bytes) -> None:
-        recipients = list(dict.fromkeys(recipients))  # as in send()
-        if not recipients:
-            raise MailPermanentError("message has no recipients")
-        self._transmit(lambda smtp: smtp.sendmail(envelope_from, recipients, data), recipients)
+        self._transmit(lambda smtp, to: smtp.sendmail(envelope_from, to, data), recipients)
 
     def _transmit(self, do, recipients: list[str]) -> None:
+        # An address in both To and Cc is one envelope recipient: listed twice, its refusal
+        # counted once would pass for "some recipients accepted" (smtplib counts so too).
+        recipients = list(dict.fromkeys(recipients))
+        if not recipients:
+            raise MailPermanentError("message has no recipients")
         # One reconnect when the server dropped the idle connection between two messages.
         for attempt in (1, 2):
             if self._smtp is None:
                 self._smtp = self._connect()
             try:
-                refused = do(self._smtp)
+                refused = do(self._smtp, recipients)
             except smtplib.SMTPServerDisconnected as exc:
                 self._drop()
                 if attempt == 1:

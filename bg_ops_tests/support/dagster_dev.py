@@ -104,9 +104,8 @@ class DevServer:
         return graphql(self.port, query, variables)
 
     def wait_until(self, predicate: Callable, timeout: float, what: str):
-        """Wait until ``predicate`` is truthy, checking it again whenever a file under the
-        test's folder changes (dagster dev's log, its storage, the app database, outbox);
-        fail the test with the log's tail if it never is or if ``make dev`` exits."""
+        """Wait until ``predicate`` is truthy, checking it again whenever dagster dev writes to
+        its log; fail the test with the log's tail if it never is or if ``make dev`` exits."""
 
         def alive():
             if self.proc.poll() is not None:

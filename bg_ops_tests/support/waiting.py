@@ -2,7 +2,7 @@
 
 ``wait_for_line`` blocks on the process's own output (a server saying it listens) and wakes
 the moment the line comes or the process ends. ``wait_for`` checks a state read from other
-processes (over HTTP) again each time they write a file: their logs and storage.
+processes (over HTTP) again each time they write to their log.
 ``wait_group_gone`` waits on each process's exit through a pidfd. Nothing here sleeps; our
 own work, tests drive with a clock they pass in or wait on directly.
 """
@@ -25,14 +25,18 @@ class WaitTimeout(AssertionError):
     pass
 
 
+# Between two checks when no watched file changes: only for state a process holds in memory.
+RECHECK_SECONDS = 5.0
+
+
 class FileChanges:
-    """Wakes a waiter whenever a file in ``paths`` (a file, or a folder and all below it) is
-    written, created, moved or deleted (inotify, through watchdog). Reads are not changes: a
-    waiter whose check reads the watched files must not wake itself."""
+    """Wakes a waiter whenever one of ``files`` is written, created, moved or deleted (inotify,
+    through watchdog; the file need not exist yet). Reads are not changes: a waiter whose check
+    reads the watched files must not wake itself."""
 
     _KINDS = frozenset({"modified", "created", "deleted", "moved", "closed"})  # "closed": after a write
 
-    def __init__(self, paths: Sequence[Path]) -> None:
+    def __init__(self, files: Sequence[Path]) -> None:
         from watchdog.events import FileSystemEventHandler
         from watchdog.observers import Observer
 
@@ -40,19 +44,16 @@ class FileChanges:
         outer = self
 
         class Handler(FileSystemEventHandler):
-            def __init__(self, only: str | None) -> None:
-                self._only = only  # a watched file: the other files of its folder do not count
+            def __init__(self, file: Path) -> None:
+                self._file = str(file)  # the other files of its folder do not count
 
             def on_any_event(self, event) -> None:
-                if event.event_type in FileChanges._KINDS and self._only in (None, event.src_path):
+                if event.event_type in FileChanges._KINDS and event.src_path == self._file:
                     outer._changed.set()
 
         self._observer = Observer()
-        for path in paths:
-            if path.is_dir():
-                self._observer.schedule(Handler(None), str(path), recursive=True)
-            else:
-                self._observer.schedule(Handler(str(path)), str(path.parent), recursive=False)
+        for file in files:
+            self._observer.schedule(Handler(file), str(file.parent), recursive=False)
         self._observer.start()
 
     def wait(self, timeout: float) -> bool:
@@ -79,14 +80,14 @@ def wait_for(
     what: str,
     wake_on: Sequence[Path],
     alive: Callable[[], str | None] | None = None,
-    recheck: float = 5.0,
 ) -> T:
     """Return the first truthy value of ``predicate()``; exceptions count as "not yet".
 
-    The check runs again each time a file under ``wake_on`` changes: the other processes'
-    logs and storage, which every state change we wait for writes. ``recheck`` bounds the
-    wait between checks for state a process holds only in memory. ``alive`` returns an
-    error text when the thing being waited on has died, to stop early.
+    The check runs again each time one of the files ``wake_on`` is written: the other
+    processes' logs, to which every state change we wait for writes a line (a run's events,
+    a sensor tick, a server starting); at the latest after ``RECHECK_SECONDS``, for state a
+    process holds only in memory. ``alive`` returns an error text when the thing being waited
+    on has died, to stop early.
     """
     deadline = time.monotonic() + timeout
     last_error: BaseException | None = None
@@ -103,7 +104,7 @@ def wait_for(
             remaining = deadline - time.monotonic()
             if remaining <= 0:
                 raise WaitTimeout(f"timed out after {timeout:.0f}s waiting for {what} (last error: {last_error!r})")
-            changes.wait(min(recheck, remaining))
+            changes.wait(min(RECHECK_SECONDS, remaining))
 
 
 def group_members(pgid: int) -> list[int]:

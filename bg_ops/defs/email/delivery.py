@@ -286,7 +286,6 @@ def claim_batch(conn_or_engine, *, now: datetime, worker_id: str, policy: Delive
               "locked_until": now + timedelta(seconds=policy.lease_seconds)}
     with _transaction(conn_or_engine) as conn:
         if conn.dialect.name != "postgresql":
-            _record_sent(conn, sent_ids or [], now=now)
             rows = conn.execute(statements["generic"], params).all()
         else:
             params["now"], params["locked_until"] = to_utc(now), to_utc(params["locked_until"])
@@ -526,12 +525,11 @@ def deliver_due(
             # claim anew at every run (1.1 ms, more than running it for a batch of 20): not knowing
             # the batch size, it prices the generic plan dearer, though it is the same plan. The
             # setting concerns prepared statements only and is reset when the run ends.
-            _session_setting(db, "SET plan_cache_mode = force_generic_plan")
+            # Built messages are mostly ASCII: ``bytea_output = 'escape'`` sends them back as they
+            # are instead of in hex, half the bytes for the server to write and the driver to decode.
+            _session_setting(db, "SET plan_cache_mode = force_generic_plan; SET bytea_output = 'escape'")
         try:
             if pipelined:
-                # Built messages are mostly ASCII: sent back as they are instead of in hex, half
-                # the bytes for the server to write and the driver to decode. Reset at the end.
-                _session_setting(db, "SET bytea_output = 'escape'")
                 _drain_pipelined(db, smtp, clock=clock, settings=settings, policy=policy, worker_id=worker_id,
                                  rng=rng, max_batches=max_batches, on_batch=on_batch, total=total)
             else:
@@ -543,8 +541,7 @@ def deliver_due(
                 )
                 with closing(batches):
                     for now, rows in batches:
-                        needs_names = {r.company_id for r in rows if r.raw_message is None and r.template}
-                        companies = _company_names(db, needs_names) if needs_names else {}
+                        companies = _companies_for(rows, lambda ids: _company_names(db, ids))
                         outcomes = send_batch(rows, smtp, now=now, settings=settings, companies=companies)
                         total.claimed += len(rows)
                         _add_batch(total, record_outcomes(db, outcomes, now=clock(), policy=policy, rng=rng), on_batch)
@@ -601,9 +598,7 @@ def _drain_pipelined(db: sa.Connection, smtp: MailConnection, *, clock: Clock, s
             next_at = clock()
             reason = why_stop(next_at)
             pending = step(outcomes, next_at, not reason)
-            outcomes = None
-            needs_names = {r.company_id for r in rows if r.raw_message is None and r.template}
-            companies = executor.submit(_company_names, db, needs_names).result() if needs_names else {}
+            companies = _companies_for(rows, lambda ids: executor.submit(_company_names, db, ids).result())
             outcomes = send_batch(rows, smtp, now=now, settings=settings, companies=companies)
             total.claimed += len(rows)
             report, rows = pending.result()
@@ -611,9 +606,7 @@ def _drain_pipelined(db: sa.Connection, smtp: MailConnection, *, clock: Clock, s
                 _add_batch(total, report, on_batch)  # should it raise, the rows just claimed are given back
             pending = None
             now = next_at
-            if reason:
-                rows = []  # nothing was claimed: the budget or the batch limit says stop
-            elif not rows:
+            if not reason and not rows:  # with a reason, nothing was claimed: rows is empty
                 reason = "nothing due"
         if outcomes is not None:  # the last batch sent
             report, _ = step(outcomes, clock(), False).result()
@@ -633,6 +626,12 @@ def _session_setting(db: sa.Connection, sql: str) -> None:
     SQLAlchemy transaction is begun around it."""
     with db.connection.driver_connection.cursor() as cursor:
         cursor.execute(sql)
+
+
+def _companies_for(rows, read: Callable[[set[int]], dict]) -> dict:
+    """Company names for the rows built at delivery from a template (``read`` fetches them)."""
+    needs_names = {r.company_id for r in rows if r.raw_message is None and r.template}
+    return read(needs_names) if needs_names else {}
 
 
 def _company_names(db: sa.Connection, company_ids: set[int]) -> dict:
